@@ -1,1 +1,3 @@
-"""Evaluation: perplexity and bits per character now; the lm-eval suite and sharding later."""
+"""Evaluation: the Kazakh lm-eval suite (suite, prompts, tasks/), models under test (models), shard
+plan, shard runner and exact merge (sharding), the evaluate job (job), perplexity and bits per
+character (perplexity), translation scores, the report and side-by-side generations."""

@@ -1,0 +1,133 @@
+"""The evaluate job: the Kazakh suite on every model under test, in shards, merged exactly.
+
+``run`` evaluates the shards that have no finished output yet (on a cluster they are SLURM array
+tasks that ran ``kazhpc evaluate --run-dir R --shard i/n`` before), merges them into
+``results.json`` and ``samples/<label>/<task>.jsonl``, writes the report (chance baselines,
+differences to the baseline model) and logs everything to the job's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from kazhpc.config import PipelineConfig
+    from kazhpc.runner import JobContext
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: PipelineConfig) -> list[str]:
+    """Task names, local data (every row rendered), adapters named explicitly, text files."""
+    from kazhpc.evaluation import suite as suite_mod
+    from kazhpc.evaluation.models import check_adapter
+    from kazhpc.evaluation.sharding import perplexity_texts
+    from kazhpc.models import parse_source
+
+    parse_source(cfg.model.source)
+    suite = suite_mod.preflight(cfg.evaluate)
+    for model in cfg.evaluate.models:
+        if model.kind != "base" and model.adapter is not None:
+            check_adapter(Path(model.adapter), model.label)
+    if cfg.evaluate.perplexity_texts is not None:
+        perplexity_texts(cfg.evaluate.perplexity_texts)
+    if cfg.evaluate.generation_prompts is not None:
+        from kazhpc.evaluation.generations import read_prompts
+
+        read_prompts(Path(cfg.evaluate.generation_prompts))
+    warnings = []
+    if os.environ.get("HF_DATASETS_OFFLINE") != "1":
+        hub = [s.name for s in suite.tasks if s.data_file is None]
+        if hub:
+            warnings.append(f"tasks {', '.join(hub)} read their hub data sets (cached in HF_HOME, else downloaded)")
+    return warnings
+
+
+def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path:
+    from kazhpc.evaluation.sharding import run_part as evaluate_part
+
+    return evaluate_part(cfg, job_dir, index, count)
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    from kazhpc.evaluation.sharding import DONE, merge, part_dir, run_part as evaluate_part
+
+    cfg = ctx.cfg
+    count = cfg.evaluate.shards
+    for index in range(count):
+        if (part_dir(ctx.job_dir, index, count) / DONE).is_file():
+            log.info("evaluate part %d/%d already done (a SLURM array task): reused", index, count)
+            continue
+        evaluate_part(cfg, ctx.job_dir, index, count)
+    results = merge(cfg, ctx.job_dir, count)
+    results_file = ctx.job_dir / "results.json"
+    results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    ctx.tracking.log_artifact(results_file)
+    ctx.tracking.log_metrics(flat_metrics(results))
+    report = _report(ctx, results)
+    generations = _generations(ctx)
+    parts = [json.loads((part_dir(ctx.job_dir, i, count) / DONE).read_text()) for i in range(count)]
+    return {
+        "results": str(results_file),
+        "shards": count,
+        "requests_per_shard": [p["requests"] for p in parts],
+        "bos_checked": {label: sum(p["bos_checked"].get(label, 0) for p in parts) for label in parts[0]["bos_checked"]},
+        "scores": {
+            label: {task: {k: e[k] for k in ("metric", "score", "stderr", "n", "chance")} for task, e in m["tasks"].items()}
+            for label, m in results["models"].items()
+        },
+        "report": report,
+        "generations": generations,
+    }
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """'<label>.<task>.<metric>' (and _stderr, chance) plus perplexity, as MLflow metrics."""
+    out: dict[str, float] = {}
+    for label, model in results["models"].items():
+        for task, entry in model["tasks"].items():
+            key = f"{label}.{task}.{entry['metric']}".replace("+", "p")
+            out[key] = entry["score"]
+            if entry["stderr"] is not None:
+                out[key + "_stderr"] = entry["stderr"]
+            if entry["chance"] is not None:
+                out[f"{label}.{task}.chance"] = entry["chance"]
+        for name, value in (model.get("perplexity") or {}).items():
+            if name in ("perplexity", "bits_per_char", "bits_per_byte", "loss"):
+                out[f"{label}.kk_{name}"] = value
+    return out
+
+
+def _report(ctx: JobContext, results: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        from kazhpc.evaluation.report import write_report
+    except ImportError as exc:  # the report module lands separately
+        log.warning("evaluate: no report (%s)", exc)
+        return None
+    return write_report(ctx.job_dir, results, ctx.tracking)
+
+
+def _generations(ctx: JobContext) -> str | None:
+    """Side-by-side answers of every model to the Kazakh prompt set (an HTML artifact)."""
+    cfg = ctx.cfg
+    if cfg.evaluate.generation_prompts is None:
+        return None
+    from kazhpc.evaluation.generations import greedy_generator, read_prompts, side_by_side
+    from kazhpc.evaluation.models import load_for_eval
+
+    prompts = read_prompts(Path(cfg.evaluate.generation_prompts))
+    generators = {}
+    for model_cfg in cfg.evaluate.models:
+        model, tokenizer = load_for_eval(cfg, model_cfg, ctx.run_dir)
+        generators[model_cfg.label] = greedy_generator(model, tokenizer, max_new_tokens=cfg.evaluate.generation_max_new_tokens, batch_size=cfg.evaluate.batch_size)
+    path = side_by_side(generators, prompts, ctx.job_dir / "generations.html")
+    ctx.tracking.log_artifact(path)
+    jsonl = Path(path).with_suffix(".jsonl")
+    if jsonl.is_file():
+        ctx.tracking.log_artifact(jsonl)
+    return str(path)

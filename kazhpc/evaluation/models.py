@@ -1,0 +1,83 @@
+"""Models under test: base, base + LoRA adapter, adapter merged; wrapped for lm-eval with a <bos> check.
+
+lm-eval's ``HFLM`` takes a model object, so the configured model is loaded once by kazhpc
+(``kazhpc.models.load_model``: the bundled Gemma-3-270M by default) and the adapter is applied by
+peft. Gemma needs exactly one ``<bos>``: :class:`CheckedHFLM` verifies it on every request the model
+sees (log-likelihood inputs and generation prompts) and counts the checked requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kazhpc.errors import KazhpcError
+from kazhpc.models import check_single_bos, load_model, load_tokenizer
+
+if TYPE_CHECKING:
+    from kazhpc.config import EvalModelConfig, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+def adapter_dir(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> Path | None:
+    """The adapter a model uses: its own path, else the train job's output in this run."""
+    if model.kind == "base":
+        return None
+    if model.adapter is not None:
+        return Path(model.adapter)
+    if run_dir is None:
+        raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no run directory")
+    return run_dir / "train" / "adapter"
+
+
+def check_adapter(path: Path, label: str) -> None:
+    if not (path / "adapter_config.json").is_file():
+        raise KazhpcError(
+            f"evaluate.models[{label}]: {path}: no adapter_config.json (a peft adapter folder; "
+            "did the train job finish in this run?)"
+        )
+
+
+def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> tuple[Any, Any]:
+    """(model, tokenizer) for one model under test, in eval mode on the CPU or the first GPU."""
+    import torch
+
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
+    base = load_model(cfg.model, cfg.cache_root)
+    if torch.cuda.is_available():
+        base = base.to("cuda")
+    path = adapter_dir(cfg, model, run_dir)
+    if path is None:
+        return base.eval(), tokenizer
+    check_adapter(path, model.label)
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(base, str(path))
+    if model.kind == "merged":
+        return adapted.merge_and_unload().eval(), tokenizer
+    return adapted.eval(), tokenizer
+
+
+def checked_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
+    """An lm-eval HFLM around a loaded model that checks the one-<bos> rule on every request."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CheckedHFLM(HFLM):
+        bos_checked = 0
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):  # type: ignore[override]
+            for (context, _), context_enc, continuation_enc in requests:
+                check_single_bos(context_enc + continuation_enc, self.tokenizer, where=f"request {context[:60]!r}")
+            self.bos_checked += len(requests)
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+        def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):  # type: ignore[override]
+            ids, mask = super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
+            for text, row, keep in zip(strings, ids, mask):
+                check_single_bos(row[keep.bool()].tolist(), self.tokenizer, where=f"prompt {text[:60]!r}")
+            self.bos_checked += len(strings)
+            return ids, mask
+
+    return CheckedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=True)

@@ -1,0 +1,342 @@
+"""Split the suite into shards, evaluate one shard, merge shards exactly.
+
+* **Plan**: every (task, document) in suite order, weighted by its lm-eval request count (one per
+  choice for multiple choice, one per generation), cut into ``n`` contiguous runs of about equal
+  weight: a shard is a list of (task, document range) units. The plan depends only on the data and
+  ``n``, so every array task computes the same one (each part stores it; the merge compares them).
+* **Part**: lm-eval's own ``evaluate`` on the shard's documents (``samples=``), per model, with
+  ``log_samples``; the per-document metric values, predictions and targets go to JSONL.
+* **Merge**: per model and task, the per-document values of all parts in document order go through
+  lm-eval's own aggregation and stderr code (``_compute_task_aggregations``, the function its
+  evaluator uses), so a merged score and stderr are those of an unsharded run, digit for digit.
+  A missing or failed part is named by index, with the command that reruns it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kazhpc.errors import KazhpcError
+from kazhpc.evaluation.suite import Suite, TaskSpec, chance_of, check_documents, load_tasks, resolve
+
+if TYPE_CHECKING:
+    from kazhpc.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+PARTS = "parts"
+DONE = "done.json"
+#: Per-document fields that are not metric values.
+RESERVED = ("doc_id", "filter", "prediction", "target", "num_choices", "scores", "hypothesis", "reference")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A contiguous range of one task's documents [start, end) and its request count."""
+
+    task: str
+    start: int
+    end: int
+    requests: int
+
+
+def part_dir(job_dir: Path, index: int, count: int) -> Path:
+    return job_dir / PARTS / f"{index:05d}-of-{count:05d}"
+
+
+def doc_requests(task: Any, limit: int | None) -> list[int]:
+    """lm-eval requests per document (choices for multiple choice, 1 otherwise), first ``limit`` docs."""
+    docs = task.eval_docs
+    n = len(docs) if limit is None else min(limit, len(docs))
+    if task.OUTPUT_TYPE == "multiple_choice":
+        return [len(task.doc_to_choice(docs[i])) for i in range(n)]
+    return [1] * n
+
+
+def make_plan(weights: dict[str, list[int]], count: int) -> list[list[Unit]]:
+    """Cut the weighted documents, in suite order, into ``count`` contiguous, balanced shards."""
+    total = sum(sum(w) for w in weights.values())
+    shards: list[list[Unit]] = [[] for _ in range(count)]
+    before = 0
+    for task, per_doc in weights.items():
+        start = 0
+        current = None
+        for doc, weight in enumerate(per_doc):
+            # A document goes to the shard its weight's midpoint falls in: monotone, so ranges are contiguous.
+            shard = min(count - 1, int((before + weight / 2) * count / total)) if total else 0
+            if current is not None and shard != current:
+                shards[current].append(Unit(task, start, doc, sum(per_doc[start:doc])))
+                start = doc
+            current = shard
+            before += weight
+        if current is not None:
+            shards[current].append(Unit(task, start, len(per_doc), sum(per_doc[start:])))
+    return shards
+
+
+def plan_dict(plan: list[list[Unit]]) -> dict[str, Any]:
+    shards = [[asdict(u) for u in units] for units in plan]
+    digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()[:16]
+    return {"count": len(plan), "sha256": digest, "requests": [sum(u.requests for u in s) for s in plan], "shards": shards}
+
+
+def prepare(cfg: PipelineConfig) -> tuple[Suite, dict[str, Any], list[list[Unit]]]:
+    """The suite, its lm-eval tasks (documents checked) and the plan for ``evaluate.shards``."""
+    suite = resolve(cfg.evaluate)
+    tasks = load_tasks(suite.tasks)
+    for spec in suite.tasks:
+        check_documents(tasks[spec.name], spec)
+    weights = {spec.name: doc_requests(tasks[spec.name], cfg.evaluate.limit) for spec in suite.tasks}
+    return suite, tasks, make_plan(weights, cfg.evaluate.shards)
+
+
+# --------------------------------------------------------------------------------------------
+# One part.
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def per_document(task: Any, example: dict[str, Any]) -> dict[str, Any]:
+    """One lm-eval logged sample as kazhpc's per-document line (metric values as lm-eval made them)."""
+    metrics = {name: example[name] for name in example.get("metrics", []) if name in example}
+    row: dict[str, Any] = {"doc_id": int(example["doc_id"]), "filter": example.get("filter", "none"), **metrics}
+    if task.OUTPUT_TYPE == "multiple_choice":
+        scores = [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in example["filtered_resps"]]
+        choices = task.doc_to_choice(example["doc"])
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # np.argmax: first of equal maxima
+        target = example["target"]
+        row.update(
+            prediction=choices[best],
+            target=choices[target] if isinstance(target, int) else target,
+            num_choices=len(choices),
+            scores=scores,
+        )
+    else:
+        resp = example["filtered_resps"][0]
+        prediction = resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False)
+        row.update(prediction=prediction, target=example["target"])
+        if isinstance(example["target"], str):  # what the report's corpus metrics read
+            row.update(hypothesis=prediction, reference=example["target"])
+    return row
+
+
+def evaluate_units(lm: Any, tasks: dict[str, Any], units: list[Unit], bootstrap: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """lm-eval's evaluate on the units' documents; per-document lines by task."""
+    from lm_eval.evaluator import evaluate
+
+    if not units:
+        return {}
+    names = list(dict.fromkeys(u.task for u in units))
+    samples = {name: [d for u in units if u.task == name for d in range(u.start, u.end)] for name in names}
+    results = evaluate(
+        lm,
+        {"tasks": {name: tasks[name] for name in names}, "groups": {}},
+        samples=samples,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
+    return {name: [per_document(tasks[name], ex) for ex in results["samples"][name]] for name in names}
+
+
+def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path:
+    """Evaluate shard ``index`` of ``count`` for every model; part 0 also scores perplexity."""
+    from kazhpc.evaluation.models import checked_lm, load_for_eval
+
+    if count != cfg.evaluate.shards:
+        raise KazhpcError(
+            f"part {index}/{count}: the run's config says evaluate.shards={cfg.evaluate.shards}; "
+            f"the merge would ignore these parts (create the run with evaluate.shards={count})"
+        )
+    started = time.time()
+    folder = part_dir(job_dir, index, count)
+    (folder / DONE).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    suite, tasks, plan = prepare(cfg)
+    info = plan_dict(plan)
+    (folder / "plan.json").write_text(json.dumps(info, indent=1))
+    units = plan[index]
+    run_dir = job_dir.parent
+    checked: dict[str, int] = {}
+    for model_cfg in cfg.evaluate.models:
+        model, tokenizer = load_for_eval(cfg, model_cfg, run_dir)
+        lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size)
+        for name, rows in evaluate_units(lm, tasks, units).items():
+            _write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
+        checked[model_cfg.label] = lm.bos_checked
+        if index == 0 and cfg.evaluate.perplexity_texts is not None:
+            from kazhpc.evaluation.perplexity import score_texts
+
+            texts = perplexity_texts(cfg.evaluate.perplexity_texts)
+            result = score_texts(model, tokenizer, texts, cfg.evaluate.perplexity_max_length, cfg.evaluate.batch_size)
+            (folder / "perplexity").mkdir(exist_ok=True)
+            (folder / "perplexity" / f"{model_cfg.label}.json").write_text(json.dumps(result.to_dict(), indent=1))
+        del lm, model
+    done = {"index": index, "count": count, "plan_sha256": info["sha256"], "units": [asdict(u) for u in units],
+            "requests": info["requests"][index], "bos_checked": checked, "seconds": round(time.time() - started, 2)}
+    (folder / DONE).write_text(json.dumps(done, indent=1))
+    log.info("evaluate part %d/%d: %d requests per model in %.1f s", index, count, done["requests"], done["seconds"])
+    return folder
+
+
+def perplexity_texts(spec: str) -> list[str]:
+    from kazhpc.config import PrepareModelConfig
+    from kazhpc.prepare_model import read_texts
+
+    return read_texts(PrepareModelConfig(perplexity_texts=spec))[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Merge.
+
+
+def missing_parts(job_dir: Path, count: int) -> list[int]:
+    return [i for i in range(count) if not (part_dir(job_dir, i, count) / DONE).is_file()]
+
+
+def _stderr(value: Any) -> float | None:
+    return None if value in (None, "N/A") or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def aggregate(task: Any, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:
+    """Scores and stderrs from per-document rows with lm-eval's own aggregation code."""
+    from lm_eval.evaluator_utils import _compute_task_aggregations
+
+    raw: dict[tuple[str, str], list[Any]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in RESERVED:
+                raw.setdefault((key, row["filter"]), []).append(value)
+    agg, n = _compute_task_aggregations(task, raw, bootstrap_iters)
+    found = {k for k, _ in raw}
+    ordered = [m for m in task.aggregation() if m in found] + sorted(found - set(task.aggregation()))
+    return {"values": agg, "n": n, "metrics": ordered, "filters": list(dict.fromkeys(f for _, f in raw))}
+
+
+def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
+    """results.json content from the parts' per-document outputs; samples/<label>/<task>.jsonl written."""
+    missing = missing_parts(job_dir, count)
+    if missing:
+        shards = ", ".join(str(i) for i in missing)
+        raise KazhpcError(
+            f"evaluate: {len(missing)} of {count} shards missing or failed: {shards}; rerun one alone with "
+            f"`kazhpc evaluate --run-dir {job_dir.parent} --shard {missing[0]}/{count}`, then merge with "
+            f"`kazhpc evaluate --run-dir {job_dir.parent}`"
+        )
+    plans = {json.loads((part_dir(job_dir, i, count) / "plan.json").read_text())["sha256"] for i in range(count)}
+    if len(plans) != 1:
+        raise KazhpcError(f"evaluate: the {count} parts planned different shards (data changed between them?); rerun them")
+    suite = resolve(cfg.evaluate)
+    tasks = load_tasks(suite.tasks)
+    plan = json.loads((part_dir(job_dir, 0, count) / "plan.json").read_text())
+    expected: dict[str, list[int]] = {}
+    for units in plan["shards"]:
+        for u in units:
+            expected.setdefault(u["task"], []).extend(range(u["start"], u["end"]))
+    models: dict[str, Any] = {}
+    for model_cfg in cfg.evaluate.models:
+        label = model_cfg.label
+        per_task: dict[str, list[dict[str, Any]]] = {}
+        for spec in suite.tasks:
+            rows: list[dict[str, Any]] = []
+            for i in range(count):
+                path = part_dir(job_dir, i, count) / "samples" / label / f"{spec.name}.jsonl"
+                if path.is_file():
+                    rows += _read_jsonl(path)
+            rows.sort(key=lambda r: (r["doc_id"], r["filter"]))
+            got = sorted({r["doc_id"] for r in rows})
+            if got != sorted(expected.get(spec.name, [])):
+                raise KazhpcError(f"evaluate: model {label}, task {spec.name}: the parts hold {len(got)} of "
+                                  f"{len(expected.get(spec.name, []))} planned documents; rerun its shards")
+            per_task[spec.name] = rows
+            _write_jsonl(job_dir / "samples" / label / f"{spec.name}.jsonl", rows)
+        entries = {spec.name: task_entry(tasks[spec.name], spec, per_task[spec.name], cfg.evaluate.bootstrap_iters)
+                   for spec in suite.tasks}
+        for name, members in suite.composites.items():
+            entries[name] = composite_entry([per_task[m] for m in members], members)
+        ppl_file = part_dir(job_dir, 0, count) / "perplexity" / f"{label}.json"
+        models[label] = {
+            "tasks": entries,
+            "perplexity": json.loads(ppl_file.read_text()) if ppl_file.is_file() else None,
+        }
+    baseline = cfg.evaluate.baseline or (cfg.evaluate.models[0].label if len(cfg.evaluate.models) > 1 else None)
+    return {"models": models, "baseline": baseline}
+
+
+def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:
+    if (spec.config.get("metadata") or {}).get("builder") == "translation":
+        return translation_entry(spec, rows)
+    agg = aggregate(task, rows, bootstrap_iters)
+    values, primary, filt = agg["values"], agg["metrics"][0], agg["filters"][0]
+    higher = task.higher_is_better()
+    first = [r for r in rows if r["filter"] == filt]
+    extra: dict[str, Any] = {
+        "origin": spec.origin,
+        "output_type": task.OUTPUT_TYPE,
+        "filter": filt,
+        "dataset": spec.data_file or spec.config.get("dataset_path"),
+    }
+    for key, value in values.items():
+        metric, _, f = key.partition(",")
+        if metric != primary or f != filt:
+            extra[key] = value if isinstance(value, (int, float, str)) else str(value)
+    published = (spec.config.get("metadata") or {}).get("random_baseline")
+    if published is not None:
+        extra["random_baseline_published"] = published
+    return {
+        "metric": primary,
+        "score": float(values[f"{primary},{filt}"]),
+        "stderr": _stderr(values.get(f"{primary}_stderr,{filt}")),
+        "n": agg["n"],
+        "chance": chance_of(task, [r["num_choices"] for r in first if "num_choices" in r]),
+        "higher_is_better": bool(higher.get(primary, True)),
+        "extra": extra,
+    }
+
+
+def translation_entry(spec: TaskSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """sacrebleu corpus BLEU and chrF++ with signatures (kazhpc.evaluation.translation), in document order."""
+    from kazhpc.evaluation.translation import score_translations, translation_task_entry
+
+    rows = [r for r in rows if r["filter"] == rows[0]["filter"]]
+    entry = translation_task_entry(score_translations([r["hypothesis"] for r in rows], [r["reference"] for r in rows]))
+    entry["extra"].update(origin=spec.origin, output_type="generate_until", dataset=spec.data_file)
+    return entry
+
+
+def composite_entry(member_rows: list[list[dict[str, Any]]], members: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy pooled over the members' documents (the size-weighted mean), with lm-eval's mean stderr."""
+    from lm_eval.api.metrics import mean, mean_stderr
+
+    rows = [r for member in member_rows for r in member if r["filter"] == "none"]
+    if not rows or any("acc" not in r or "num_choices" not in r for r in rows):
+        raise KazhpcError(f"evaluate: a pooled score needs multiple-choice members with acc: {', '.join(members)}")
+    values = [r["acc"] for r in rows]
+    choices = [r["num_choices"] for r in rows]
+    return {
+        "metric": "acc",
+        "score": float(mean(values)),
+        "stderr": float(mean_stderr(values)) if len(values) > 1 else None,
+        "n": len(values),
+        "chance": sum(1.0 / c for c in choices) / len(choices),
+        "higher_is_better": True,
+        "extra": {"origin": "composite", "members": list(members)},
+    }

@@ -1,0 +1,58 @@
+"""The evaluate job inside the smoke pipeline: the bundled model and the adapter the train job just
+wrote, on local copies of a leaderboard task, Belebele and a translation task, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_run: dict) -> None:
+    job_dir = smoke_run["run_dir"] / "evaluate"
+    results = json.loads((job_dir / "results.json").read_text(encoding="utf-8"))
+    assert set(results["models"]) == {"base", "adapter"} and results["baseline"] == "base"
+    for label, model in results["models"].items():
+        tasks = model["tasks"]
+        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation"}
+        assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["belebele_kaz_Cyrl"]["chance"] == 0.25
+        assert all(t["n"] == 4 for t in tasks.values())
+        assert 0.0 <= tasks["kk_dastur_mc"]["score"] <= 1.0 and tasks["kk_dastur_mc"]["stderr"] is not None
+        assert tasks["kk_en_translation"]["metric"] == "chrf" and "bleu_signature" in tasks["kk_en_translation"]["extra"]
+        assert model["perplexity"]["bits_per_char"] > 0
+        lines = (job_dir / "samples" / label / "kk_dastur_mc.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["doc_id"] for line in lines] == [0, 1, 2, 3]
+    # The adapter really is another model: some log-likelihood differs.
+    base, adapter = ([json.loads(line)["scores"] for line in (job_dir / "samples" / m / "kk_dastur_mc.jsonl").read_text().splitlines()]
+                     for m in ("base", "adapter"))
+    assert base != adapter
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    assert all(n > 0 for n in manifest["bos_checked"].values())
+    report = (job_dir / "report.md").read_text(encoding="utf-8")
+    dastur_rows = [line for line in report.splitlines() if line.startswith("| kk_dastur_mc | acc |")]
+    assert len(dastur_rows) == 2 and all("| 25.0% |" in row for row in dastur_rows)  # chance beside each score
+    assert (job_dir / "generations.html").is_file()
+
+    client = MlflowClient(f"sqlite:///{smoke_run['runs_root'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kazhpc-smoke")
+    (run,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "evaluate"]
+    assert run.data.metrics["base.kk_dastur_mc.acc"] == results["models"]["base"]["tasks"]["kk_dastur_mc"]["score"]
+    assert "adapter.kk_bits_per_char" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "results.json" in artifacts
+
+
+def test_evaluate_cli_rejects_a_bad_shard_spec_before_loading_anything(tmp_path: Path) -> None:
+    kazhpc = str(Path(sys.executable).parent / "kazhpc")
+    result = subprocess.run([kazhpc, "evaluate", "--run-dir", str(tmp_path), "--shard", "3/2"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "not a kazhpc run directory" in result.stderr or "--shard '3/2'" in result.stderr
