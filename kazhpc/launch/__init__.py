@@ -1,0 +1,1 @@
+"""Running the pipeline on SLURM: cluster profiles, containers, submitit submission, sbatch rendering."""

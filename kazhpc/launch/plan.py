@@ -1,0 +1,292 @@
+"""From a pipeline config and a cluster profile to SLURM steps: resources, setup and command per job.
+
+This is the one place that decides what each SLURM job asks for and runs. ``kazhpc submit`` hands
+the steps to submitit and ``kazhpc render`` writes them as sbatch scripts, so both always agree.
+A job whose spec has ``part`` and whose config asks for n > 1 shards becomes two steps: an array of
+n parts, then the job itself (its merge), which waits for every part.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kazhpc.config import PipelineConfig
+from kazhpc.errors import ConfigError, KazhpcError
+from kazhpc.launch.cluster import ClusterConfig, JobResources
+
+REPO = Path(__file__).resolve().parents[2]
+#: The shell variable every step's command reads its run directory from (set by submit or submit.sh).
+RUN_DIR_VAR = "RUN_DIR"
+#: Environment passed into a Docker container (Apptainer passes the host environment itself).
+_DOCKER_PASS = ("RUN_DIR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                "SLURM_ARRAY_TASK_COUNT", "SLURM_CLUSTER_NAME", "SLURM_PROCID", "SLURM_NODEID")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One SLURM job (or job array) of a submission."""
+
+    name: str  # e.g. 'preprocess-parts', 'preprocess', 'train'
+    job: str  # the pipeline job it runs
+    params: dict[str, Any]  # sbatch options, spelled as submitit's slurm parameters
+    setup: list[str]  # shell lines before the command: modules, environment
+    command: list[str]  # shell lines that run the job; they read $RUN_DIR
+    array: int | None = None  # number of array tasks (parts), None for a single job
+    after: tuple[str, ...] = ()  # steps that must complete first (afterok)
+    use_srun: bool = True  # False when the command runs srun itself (multi-node training)
+    notes: list[str] = field(default_factory=list)
+
+
+def shards_of(cfg: PipelineConfig, job: str) -> int:
+    """How many parts the config asks ``job`` to split into (``<section>.shards``; 1 if none)."""
+    section = getattr(cfg, job.replace("-", "_"), None)
+    return int(getattr(section, "shards", 1) or 1)
+
+
+def job_scripts(jobs_dir: Path = REPO / "jobs") -> dict[str, str]:
+    """Job name → its thin entry point under jobs/ (found by the job_entry("...") call it makes)."""
+    scripts: dict[str, str] = {}
+    for script in sorted(jobs_dir.glob("*.py")):
+        match = re.search(r"""job_entry\(\s*["']([^"']+)["']""", script.read_text(encoding="utf-8"))
+        if match:
+            scripts[match.group(1)] = script.name
+    return scripts
+
+
+def binds_for(cfg: PipelineConfig, cluster: ClusterConfig) -> list[str]:
+    """Host paths the container must see: the profile's, plus runs_root, cache_dir and the submit
+    directory (relative paths in the config were resolved against it)."""
+    binds = list(cluster.container.binds)
+    for path in (cfg.runs_root, cfg.cache_dir, Path.cwd()):
+        if path is not None and not _under(str(path), binds):
+            binds.append(str(path))
+    return binds
+
+
+def _under(path: str, binds: list[str]) -> bool:
+    for bind in binds:
+        host = bind.split(":")[0].rstrip("/") or "/"
+        if path == host or path.startswith(host + "/") or host == "/":
+            return True
+    return False
+
+
+def unbound_paths(cfg: PipelineConfig, binds: list[str], image_dir: str) -> list[tuple[str, str]]:
+    """(key, path) of every absolute path in the config that a container would not see."""
+    from kazhpc.config import flatten
+
+    missing = []
+    for key, value in flatten(cfg.resolved_dict()).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str) and item.startswith("/") and not _under(item, [*binds, image_dir]):
+                missing.append((key, item))
+    return missing
+
+
+def container_prefix(cfg: PipelineConfig, cluster: ClusterConfig, gpus: int) -> list[str]:
+    """The words before `python ...`: `apptainer exec ...`, `docker run ...`, or nothing."""
+    box = cluster.container
+    if box.runtime == "none":
+        return []
+    binds = binds_for(cfg, cluster)
+    if box.runtime == "apptainer":
+        words = ["apptainer", "exec"] + (["--nv"] if gpus else [])
+        words += ["--bind", ",".join(binds), "--pwd", box.workdir, *box.options, box.image or ""]
+        return words
+    # No --user: rootless Docker/Podman (what clusters allow) maps the container's root to the user.
+    words = ["docker", "run", "--rm"] + (["--gpus", "all"] if gpus else [])
+    words += ["-w", box.workdir]
+    for bind in binds:
+        words += ["-v", bind if ":" in bind else f"{bind}:{bind}"]
+    for var in (*_DOCKER_PASS, *cluster.environment):
+        words += ["-e", var]
+    words += [*box.options, "--entrypoint", "", box.image or ""]
+    return words
+
+
+def _shell(words: list[str]) -> str:
+    """Quote words for bash, leaving '"$VAR..."' words to expand on the node."""
+    return " ".join(w if w.startswith('"$') else shlex.quote(w) for w in words)
+
+
+def setup_lines(cluster: ClusterConfig) -> list[str]:
+    lines = [f"module load {shlex.quote(m)}" for m in cluster.modules]
+    lines += [f'export {key}="{value}"' for key, value in cluster.environment.items()]
+    return lines + list(cluster.setup)
+
+
+def _sbatch_params(cluster: ClusterConfig, name: str, res: JobResources, nodes: int = 1, gpus: int = 0) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "job_name": f"kazhpc-{name}",
+        "time": res.minutes,
+        "nodes": nodes,
+        "ntasks_per_node": 1,
+        "cpus_per_task": res.cpus,
+        "mem": f"{int(res.mem_gb)}GB" if res.mem_gb == int(res.mem_gb) else f"{int(res.mem_gb * 1024)}MB",
+    }
+    if gpus:
+        params["gpus_per_node"] = f"{cluster.node.gpu_type}:{gpus}" if cluster.node.gpu_type else gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(cluster, key):
+            params[key] = getattr(cluster, key)
+    return params
+
+
+def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = None) -> list[Step]:
+    """The SLURM steps that run ``jobs`` (default: all of the config's) in order, each after the last.
+
+    Raises ConfigError for anything the cluster cannot do, before anything is submitted.
+    """
+    from kazhpc.runner import registry
+
+    selected = jobs if jobs is not None else list(cfg.jobs)
+    specs = registry()
+    scripts = job_scripts()
+    image_dir = cluster.container.workdir
+    if cluster.container.runtime != "none":
+        missing = unbound_paths(cfg, binds_for(cfg, cluster), image_dir)
+        if missing:
+            key, path = missing[0]
+            more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ConfigError(
+                f"{cluster.where('container', 'binds')}: container.binds: {key}={path} is not visible inside "
+                f"the container; add a bind that contains it{more}"
+            )
+    python = cluster.python or ("python" if cluster.container.runtime != "none" else sys.executable)
+    workdir = image_dir if cluster.container.runtime != "none" else str(REPO)
+    steps: list[Step] = []
+    previous: tuple[str, ...] = ()
+    for job in selected:
+        if job not in scripts:
+            raise KazhpcError(f"job '{job}' has no entry point under {REPO / 'jobs'} (jobs/*.py calling job_entry)")
+        res = cluster.resources(job)
+        script = f"jobs/{scripts[job]}"
+        run = [python, script, "--run-dir", f'"${RUN_DIR_VAR}"']
+        n = shards_of(cfg, job)
+        if n > 1 and specs[job].part is not None:
+            prefix = container_prefix(cfg, cluster, res.gpus)
+            part = Step(
+                name=f"{job}-parts", job=job, params=_sbatch_params(cluster, f"{job}-parts", res, gpus=res.gpus),
+                setup=setup_lines(cluster), array=n, after=previous,
+                command=[f"cd {shlex.quote(workdir)}", _shell([*prefix, *run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'])],
+            )
+            merge_res = res.model_copy(update={"gpus": 0})
+            merge = Step(
+                name=job, job=job, params=_sbatch_params(cluster, job, merge_res), setup=setup_lines(cluster),
+                after=(part.name,),
+                command=[f"cd {shlex.quote(workdir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
+            )
+            steps += [part, merge]
+        elif job == "train" and cfg.train.distributed.world_size > 1:
+            steps.append(_distributed_train(cfg, cluster, res, python, workdir, previous))
+        else:
+            gpus = res.gpus
+            steps.append(Step(
+                name=job, job=job, params=_sbatch_params(cluster, job, res, gpus=gpus), setup=setup_lines(cluster),
+                after=previous, command=[f"cd {shlex.quote(workdir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
+            ))
+        previous = (steps[-1].name,)
+    return steps
+
+
+def _distributed_train(
+    cfg: PipelineConfig, cluster: ClusterConfig, res: JobResources, python: str, workdir: str, after: tuple[str, ...]
+) -> Step:
+    """Multi-GPU / multi-node training: TRAIN-DIST's launch script (srun + accelerate launch) as the body."""
+    dist = cfg.train.distributed
+    if dist.gpus_per_node > cluster.node.gpus:
+        raise ConfigError(
+            f"{cluster.where('node', 'gpus')}: train.distributed.gpus_per_node={dist.gpus_per_node} but a node "
+            f"of '{cluster.name}' has {cluster.node.gpus} GPUs"
+        )
+    launch_script, launch_resources = distributed_launch_hook()
+    prefix = container_prefix(cfg, cluster, dist.gpus_per_node)
+    body = launch_script(cfg, f"${RUN_DIR_VAR}", python=python, wrap=(lambda argv: [*prefix, *argv]) if prefix else None)
+    params = _sbatch_params(cluster, "train", res, nodes=dist.nodes, gpus=dist.gpus_per_node)
+    # Nodes and tasks as the launch expects them; CPUs and the GPU type as the profile says.
+    for key, value in launch_resources(cfg).items():
+        key = key.replace("-", "_")
+        if key not in ("cpus_per_task", "gpus_per_node"):
+            params[key] = value
+    return Step(
+        name="train", job="train", params=params, setup=setup_lines(cluster), after=after, use_srun=False,
+        command=[f"cd {shlex.quote(workdir)}", *body.strip().splitlines()],
+        notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.distributed"],
+    )
+
+
+def distributed_launch_hook() -> tuple[Any, Any]:
+    """TRAIN-DIST's ``train_launch_script`` and ``train_sbatch_resources`` (kazhpc.launch.distributed)."""
+    try:
+        from kazhpc.launch.distributed import train_launch_script, train_sbatch_resources
+    except ImportError as exc:
+        raise KazhpcError(
+            f"train.distributed.world_size > 1 needs kazhpc.launch.distributed (multi-GPU launch): {exc}"
+        ) from None
+    return train_launch_script, train_sbatch_resources
+
+
+# --------------------------------------------------------------------------------------------
+# sbatch text, from the same parameters submitit gets.
+
+
+def sbatch_flag(key: str, value: Any) -> str:
+    """'#SBATCH --key=value', written exactly as submitit writes its own sbatch files."""
+    key = key.replace("_", "-")
+    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
+
+
+def render_script(step: Step, log_dir: Path) -> str:
+    """A standalone sbatch script for one step (the run directory comes from $RUN_DIR at submit time)."""
+    params = dict(step.params)
+    params["output"] = str(log_dir / ("%x-%A_%a.out" if step.array else "%x-%j.out"))
+    if step.array:
+        params["array"] = f"0-{step.array - 1}"
+    lines = ["#!/bin/bash", f"# kazhpc step '{step.name}' (job {step.job})"
+             + (f", {step.array} array tasks" if step.array else "")
+             + (f"; after {', '.join(step.after)} (submit.sh adds --dependency=afterok)" if step.after else "")]
+    lines += [sbatch_flag(k, params[k]) for k in sorted(params)]
+    lines += ["set -euo pipefail", f': "${{{RUN_DIR_VAR}:?set {RUN_DIR_VAR} to the run directory (kazhpc init CONFIG)}}"']
+    lines += [f"# {note}" for note in step.notes]
+    lines += ["", "# setup", *step.setup, "", "# command", *step.command, ""]
+    return "\n".join(lines)
+
+
+def render(steps: list[Step], out_dir: Path, config: Path, overrides: list[str]) -> list[Path]:
+    """Write one sbatch script per step and submit.sh, which chains them with afterok dependencies."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = (out_dir / "logs").absolute()
+    written = []
+    variables: dict[str, str] = {}
+    submit = [
+        "#!/bin/bash",
+        "# Submit the pipeline as chained SLURM jobs. Usage: bash submit.sh [RUN_DIR]",
+        "# Without RUN_DIR, `kazhpc init` creates a run directory for the config below.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f"mkdir -p {shlex.quote(str(log_dir))}",
+        f'RUN_DIR="${{1:-$(${{KAZHPC:-kazhpc}} init {_shell([str(Path(config).absolute()), *overrides])})}}"',
+        "export RUN_DIR",
+        'echo "run directory: $RUN_DIR"',
+    ]
+    for index, step in enumerate(steps, start=1):
+        path = out_dir / f"{index:02d}-{step.name}.sbatch"
+        path.write_text(render_script(step, log_dir), encoding="utf-8")
+        path.chmod(0o755)
+        written.append(path)
+        var = "JOB_" + re.sub(r"\W", "_", step.name).upper()
+        variables[step.name] = var
+        dependency = ":".join(f"${variables[a]}" for a in step.after if a in variables)
+        flag = f" --dependency=afterok:{dependency} --kill-on-invalid-dep=yes" if dependency else ""
+        submit.append(f"{var}=$(sbatch --parsable{flag} {path.name})")
+        submit.append(f'echo "{step.name}: ${var}"')
+    submit_path = out_dir / "submit.sh"
+    submit_path.write_text("\n".join(submit) + "\n", encoding="utf-8")
+    submit_path.chmod(0o755)
+    return [*written, submit_path]

@@ -1,0 +1,205 @@
+"""``kazhpc submit``: the pipeline as chained SLURM jobs through submitit, and ``--resume``.
+
+Each step of :func:`kazhpc.launch.plan.plan` becomes one SLURM job (a job array for parts), chained
+with ``afterok`` dependencies and ``kill-on-invalid-dep`` (a failed job cancels its dependants
+instead of leaving them pending forever). The submission opens the run's MLflow parent run; each job
+adds its child run when it starts (tagged with its SLURM ids by kazhpc.tracking.run_tags). What was
+submitted is recorded in ``<run_dir>/submission.json``; ``kazhpc status`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from kazhpc.config import PipelineConfig, flatten
+from kazhpc.errors import KazhpcError
+from kazhpc.launch.cluster import ClusterConfig
+from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, render
+
+log = logging.getLogger(__name__)
+
+SUBMISSION = "submission.json"
+
+try:  # submitit requeues a Checkpointable job on preemption/timeout (USR2) instead of failing it
+    from submitit.helpers import Checkpointable as _Requeueable
+except ImportError:  # pragma: no cover - submitit is a hard dependency
+    _Requeueable = object  # type: ignore[misc,assignment]
+
+
+class StepFailed(RuntimeError):
+    """A step's command exited non-zero (the job's own log says why)."""
+
+
+class ShellStep(_Requeueable):  # type: ignore[misc,valid-type]
+    """What a submitit job runs: the step's command lines in bash, with $RUN_DIR set.
+
+    The command's output goes straight to the SLURM log (not buffered, unlike CommandFunction).
+    Requeued after preemption, the job runs again and the job itself resumes (training checkpoints).
+    """
+
+    def __init__(self, name: str, command: list[str], run_dir: str):
+        self.name = name
+        self.command = command
+        self.run_dir = run_dir
+
+    def __call__(self, task: int | None = None) -> int:
+        env = dict(os.environ, **{RUN_DIR_VAR: self.run_dir})
+        script = "set -euo pipefail\n" + "\n".join(self.command)
+        code = subprocess.run(["bash", "-c", script], env=env).returncode
+        if code != 0:
+            raise StepFailed(f"step {self.name}" + (f" task {task}" if task is not None else "") + f" exited with {code}")
+        return code
+
+
+def submission_path(run_dir: Path) -> Path:
+    return run_dir / SUBMISSION
+
+
+def read_submission(run_dir: Path) -> dict[str, Any]:
+    path = submission_path(run_dir)
+    if not path.is_file():
+        raise KazhpcError(f"{run_dir}: no {SUBMISSION} (this run was not submitted with kazhpc submit)")
+    return json.loads(path.read_text())
+
+
+def latest_steps(submission: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each step's most recent submission (a resumed step replaces the failed one)."""
+    steps: dict[str, dict[str, Any]] = {}
+    for attempt in submission.get("attempts", []):
+        for step in attempt["steps"]:
+            steps[step["name"]] = {**step, "attempt_time": attempt["time"]}
+    return steps
+
+
+def finished_jobs(cfg: PipelineConfig, run_dir: Path) -> list[str]:
+    """Jobs whose outputs can be reused: COMPLETED in run.json with a manifest of this config."""
+    from kazhpc.runner import read_state
+
+    state = read_state(run_dir).get("jobs", {})
+    done = []
+    for job in cfg.jobs:
+        manifest = run_dir / job / "manifest.json"
+        if state.get(job, {}).get("status") != "COMPLETED" or not manifest.is_file():
+            continue
+        if json.loads(manifest.read_text()).get("config_hash") == cfg.config_hash():
+            done.append(job)
+    return done
+
+
+def jobs_to_resume(cfg: PipelineConfig, run_dir: Path) -> list[str]:
+    """From the first unfinished job on (later jobs read its outputs, so they run again too)."""
+    done = finished_jobs(cfg, run_dir)
+    for index, job in enumerate(cfg.jobs):
+        if job not in done:
+            return list(cfg.jobs[index:])
+    return []
+
+
+def submit(
+    cfg: PipelineConfig,
+    cluster: ClusterConfig,
+    cluster_path: Path,
+    run_dir: Path | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Submit the pipeline (or, with ``run_dir``, resume it); return the run dir and the submitted steps."""
+    from kazhpc.runner import new_run_dir, preflight
+    from kazhpc.tracking import JobRun, PARENT_KEY, Tracker, run_tags
+
+    for warning in preflight(cfg):
+        log.warning(warning)
+    if run_dir is not None:
+        from kazhpc.launch.status import step_states
+
+        if submission_path(run_dir).is_file():
+            active = [s for s in step_states(run_dir) if s.active]
+            if active:
+                raise KazhpcError(
+                    f"{run_dir}: {', '.join(f'{s.name} ({s.state})' for s in active)} still in the queue; "
+                    f"wait, or `kazhpc cancel {run_dir}` first"
+                )
+        jobs = jobs_to_resume(cfg, run_dir)
+        if not jobs:
+            raise KazhpcError(f"{run_dir}: every job has finished; nothing to resume")
+        skipped = [j for j in cfg.jobs if j not in jobs]
+        log.info("resuming %s from %s (reusing %s)", run_dir, jobs[0], ", ".join(skipped) or "nothing")
+    else:
+        jobs = list(cfg.jobs)
+    steps = plan(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
+    if shutil.which("sbatch") is None:
+        raise KazhpcError("sbatch not found: submit from a SLURM login node (or `kazhpc render` the scripts)")
+    run_dir = run_dir or new_run_dir(cfg)
+    run_dir = run_dir.absolute()
+
+    tracker = Tracker(cfg.tracking, cfg.runs_root, run_dir)
+    tags = run_tags(cfg.config_hash())
+    parent_id = tracker.start_pipeline(cfg.name, flatten(cfg.resolved_dict()), tags, run_dir / "config.yaml")
+
+    slurm_dir = run_dir / "slurm"
+    attempt = len(json.loads(submission_path(run_dir).read_text())["attempts"]) if submission_path(run_dir).is_file() else 0
+    render(steps, slurm_dir / f"sbatch-{attempt}", run_dir / "config.yaml", [])  # the same steps as plain sbatch
+    submitted = _submit_steps(steps, run_dir, slurm_dir / "logs")
+
+    record = read_submission(run_dir) if submission_path(run_dir).is_file() else {
+        "run_dir": str(run_dir), "cluster": cluster.name, "cluster_file": str(Path(cluster_path).absolute()),
+        "attempts": [],
+    }
+    record["attempts"].append({"time": time.time(), "jobs": jobs, "steps": submitted})
+    tmp = submission_path(run_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, submission_path(run_dir))
+
+    if parent_id is not None:  # the parent run names every SLURM job of the submission
+        JobRun(tracker, PARENT_KEY, parent_id).set_tags(
+            {"slurm.cluster_profile": cluster.name, f"slurm.submission.{attempt}":
+             ",".join(f"{s['name']}={s['slurm_id']}" for s in submitted)}
+        )
+    return run_dir, submitted
+
+
+def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[str, Any]]:
+    import submitit
+
+    ids: dict[str, str] = {}
+    submitted: list[dict[str, Any]] = []
+    for step in steps:
+        depends = [ids[a] for a in step.after if a in ids]
+        extra: dict[str, Any] = {}
+        if depends:
+            extra = {"dependency": "afterok:" + ":".join(depends), "kill_on_invalid_dep": "yes"}
+        executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm")  # one per step: no settings leak
+        executor.update_parameters(
+            slurm_setup=step.setup,
+            slurm_additional_parameters=extra,
+            slurm_use_srun=step.use_srun,
+            **{f"slurm_{key}": value for key, value in step.params.items()},
+        )
+        function = ShellStep(step.name, step.command, str(run_dir))
+        try:
+            if step.array:
+                jobs = executor.map_array(function, list(range(step.array)))
+                slurm_id = jobs[0].job_id.split("_")[0]
+                tasks = [j.job_id for j in jobs]
+                logs = [str(j.paths.stdout) for j in jobs]
+            else:
+                job = executor.submit(function)
+                slurm_id, tasks, logs = job.job_id, [job.job_id], [str(job.paths.stdout)]
+        except Exception as exc:  # sbatch refused it: take back what this submission queued, say why
+            if ids:
+                subprocess.run(["scancel", *ids.values()], check=False)
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise KazhpcError(f"sbatch refused step {step.name} ({reason}); cancelled {len(ids)} step(s) queued before it") from None
+        ids[step.name] = slurm_id
+        log.info("submitted %s as SLURM job %s%s", step.name, slurm_id, f" after {','.join(depends)}" if depends else "")
+        submitted.append({
+            "name": step.name, "job": step.job, "slurm_id": slurm_id, "array": step.array, "tasks": tasks,
+            "after": list(step.after), "dependency": extra.get("dependency"), "logs": logs,
+            "job_log": str(run_dir / step.job / "job.log"),
+        })
+    return submitted

@@ -1,0 +1,294 @@
+"""`kazhpc submit` end to end on the real local SLURM (slurm/local-cluster.sh): submitit → sbatch →
+slurmctld → slurmd → the job scripts on the real Gemma-3-270M, MLflow, then status, a killed job,
+and --resume. Nothing is mocked; training is cut to 2 steps to fit the test budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import CONFIGS, REPO
+from kazhpc.config import load_config
+from kazhpc.runner import read_state, registry
+
+KAZHPC = str(Path(sys.executable).parent / "kazhpc")
+SMOKE = "configs/pipelines/smoke.yaml"
+LOCAL = "configs/clusters/local.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+def kazhpc(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([KAZHPC, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def sharded_overrides() -> list[str]:
+    """Two parts for every smoke job that splits (preprocess; evaluate once it exists)."""
+    jobs = load_config(CONFIGS / "pipelines" / "smoke.yaml").jobs
+    return [f"{job.replace('-', '_')}.shards=2" for job in jobs if registry()[job].part is not None]
+
+
+def the_run_dir(runs_root: Path) -> Path:
+    (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir() and p.name.startswith("smoke-")]
+    return run_dir
+
+
+def squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+@pytest.fixture(scope="module")
+def smoke_submission(local_slurm: str, tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
+    """The README's command on the local cluster, waited for with `kazhpc status --wait`."""
+    runs_root = tmp_path_factory.mktemp("submit") / "runs"
+    sharded = sharded_overrides()
+    cut = ["train.max_steps=2", "train.loss_check_rows=4", "tokenizers.tokenizers=[gemma3,llama3]"]  # test budget
+    if "evaluate" in load_config(CONFIGS / "pipelines" / "smoke.yaml").jobs:
+        cut.append("evaluate.limit=2")
+    submitted = kazhpc("submit", SMOKE, f"runs_root={runs_root}", f"cache_dir={model_cache}", *cut, *sharded,
+                       "--cluster", LOCAL)
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    run_dir = the_run_dir(runs_root)
+    try:
+        waited = kazhpc("status", str(run_dir), "--wait", "--timeout", "900", timeout=960)
+        yield {"runs_root": runs_root, "run_dir": run_dir, "sharded": sharded, "waited": waited}
+    finally:
+        kazhpc("cancel", str(run_dir))  # nothing left queued if a check failed early
+
+
+def test_smoke_pipeline_through_slurm(smoke_submission: dict) -> None:
+    runs_root, run_dir, sharded, waited = (smoke_submission[k] for k in ("runs_root", "run_dir", "sharded", "waited"))
+    assert waited.returncode == 0, waited.stdout + waited.stderr[-4000:]
+    assert "all jobs completed" in waited.stdout
+
+    cfg = load_config(run_dir / "config.yaml")
+    submission = json.loads((run_dir / "submission.json").read_text())
+    steps = {s["name"]: s for s in submission["attempts"][0]["steps"]}
+    split = [o.split(".")[0].replace("_", "-") for o in sharded]
+    assert list(steps) == [name for job in cfg.jobs for name in ([f"{job}-parts", job] if job in split else [job])]
+    for job in split:  # sharded jobs ran as 2-task arrays, their merge after them
+        parts = steps[f"{job}-parts"]
+        assert parts["array"] == 2 and parts["tasks"] == [f"{parts['slurm_id']}_0", f"{parts['slurm_id']}_1"]
+        assert steps[job]["dependency"] == f"afterok:{parts['slurm_id']}"
+        assert all(read_state(run_dir)["jobs"][f"{job}[{i}/2]"]["status"] == "COMPLETED" for i in range(2))
+    first = next(iter(steps.values()))
+    assert first["dependency"] is None
+    for line in waited.stdout.splitlines()[1:-1]:
+        assert line.split()[-1] == "COMPLETED", waited.stdout
+
+    state = read_state(run_dir)["jobs"]
+    client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "smoke"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["slurm.cluster_profile"] == "local"
+    assert f"train={steps['train']['slurm_id']}" in parent.data.tags["slurm.submission.0"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(cfg.jobs) and len(runs) == len(cfg.jobs) + 1
+    for job, child in children.items():
+        assert child.info.status == "FINISHED", job
+        assert child.data.tags["slurm.job_id"] == steps[job]["slurm_id"] == state[job]["slurm_job_id"]
+        assert child.data.tags["slurm.cluster_name"] == "kazhpc-local"
+    assert children["train"].data.metrics["train_loss"] > 0
+    assert "kk_perplexity" in children["prepare-model"].data.metrics
+    for step in steps.values():
+        assert all(Path(log).is_file() for log in step["logs"]), step
+
+
+def test_killed_job_stops_its_dependants_and_resume_finishes(local_slurm: str, tmp_path: Path, model_cache: Path) -> None:
+    """scancel a running job: its dependants are cancelled (never left pending), status names the
+    job and its log, and --resume reruns from it while the finished job before it is reused."""
+    runs_root = tmp_path / "runs"
+    submitted = kazhpc("submit", SMOKE, f"runs_root={runs_root}", f"cache_dir={model_cache}", "jobs=[tokenizers,preprocess]",
+                       "tokenizers.tokenizers=[llama3]", "preprocess.shards=2", "--cluster", LOCAL)
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    run_dir = the_run_dir(runs_root)
+    try:
+        killed_and_resumed(run_dir, runs_root)
+    finally:
+        kazhpc("cancel", str(run_dir))
+
+
+def killed_and_resumed(run_dir: Path, runs_root: Path) -> None:
+    steps = {s["name"]: s for s in json.loads((run_dir / "submission.json").read_text())["attempts"][0]["steps"]}
+    victim = steps["preprocess-parts"]["slurm_id"]
+    deadline = time.time() + 240
+    while not (squeue_state(f"{victim}_0") == "RUNNING" or squeue_state(f"{victim}_1") == "RUNNING"):
+        assert time.time() < deadline, kazhpc("status", str(run_dir)).stdout
+        time.sleep(1)
+    subprocess.run(["scancel", victim], check=True)
+
+    failed = kazhpc("status", str(run_dir), "--wait", "--timeout", "120", timeout=180)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    lines = failed.stdout.splitlines()
+    assert any(line.split()[:3] == ["tokenizers", steps["tokenizers"]["slurm_id"], "COMPLETED"] for line in lines), failed.stdout
+    assert any(line.startswith(f"failed: preprocess-parts (SLURM {victim}, CANCELLED); log: ") for line in lines), failed.stdout
+    assert "not run (a job they wait for failed): preprocess" in failed.stdout
+    assert squeue_state(steps["preprocess"]["slurm_id"]) in ("", "CANCELLED")  # not pending forever
+    assert f"kazhpc submit --resume {run_dir}" in failed.stdout
+
+    resumed = kazhpc("submit", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "tokenizers" not in resumed.stdout.split("run directory:")[1]  # finished: reused, not rerun
+    done = kazhpc("status", str(run_dir), "--wait", "--timeout", "240", timeout=300)
+    assert done.returncode == 0 and "all jobs completed" in done.stdout, done.stdout + done.stderr
+    attempts = json.loads((run_dir / "submission.json").read_text())["attempts"]
+    assert [a["jobs"] for a in attempts] == [["tokenizers", "preprocess"], ["preprocess"]]
+    assert (run_dir / "preprocess" / "manifest.json").is_file()
+    client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kazhpc-smoke").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["preprocess", "smoke", "tokenizers"]  # one parent across both
+    assert all(r.info.status == "FINISHED" for r in runs)
+    again = kazhpc("submit", "--resume", str(run_dir))
+    assert again.returncode == 2 and "every job has finished; nothing to resume" in again.stderr
+
+
+
+
+# --- a look at the results: the MLflow UI in headless Chromium --------------------------------
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol: unlike `--screenshot`, it can wait until
+    the page has really drawn its charts (the UI fetches metric histories after the first paint)."""
+
+    def __init__(self, tmp: Path):
+        import socket
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp}", "--window-size=1400,1000", f"--remote-debugging-port={port}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as reply:
+                    page = next(t for t in json.load(reply) if t["type"] == "page")
+                break
+            except (OSError, StopIteration):
+                assert time.time() < deadline and self.proc.poll() is None, "chromium did not start"
+                time.sleep(0.3)
+        import websocket
+
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
+        self.calls = 0
+
+    def call(self, method: str, **params) -> dict:
+        self.calls += 1
+        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.calls:
+                assert "error" not in message, message
+                return message.get("result", {})
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open_until(self, url: str, expression: str, timeout: float = 90) -> None:
+        """Navigate, then wait until ``expression`` is true in the page."""
+        self.call("Page.enable")
+        self.call("Page.navigate", url=url)
+        deadline = time.time() + timeout
+        while not self.evaluate(expression):
+            assert time.time() < deadline, f"{url}: {expression} still false; page text: {self.evaluate('document.body.innerText')!r:.2000}"
+            time.sleep(1)
+        time.sleep(1)  # let the last frame settle before the screenshot
+
+    def screenshot(self, path: Path) -> Path:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_ui(smoke_submission: dict):
+    """`kazhpc ui` on the submission's tracking store."""
+    import os
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [KAZHPC, "ui", SMOKE, f"runs_root={smoke_submission['runs_root']}", "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "the MLflow UI did not start"
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_mlflow_ui_shows_the_run_tree_and_metric_charts(smoke_submission: dict, mlflow_ui: str, tmp_path: Path) -> None:
+    """The submitted run as a user sees it: the runs table with the parent and its children, and the
+    train run's metric charts drawn; screenshots land in <run_dir>/ui/ for a human to look at."""
+    import shutil
+
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    client = MlflowClient(f"sqlite:///{smoke_submission['runs_root'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kazhpc-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    train = next(r for r in runs if r.info.run_name == "train")
+    shots = smoke_submission["run_dir"] / "ui"
+    shots.mkdir(exist_ok=True)
+    browser = Chromium(tmp_path / "chromium")
+    try:
+        browser.open_until(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs",
+                           f"document.body.innerText.includes('{len(runs)} matching runs')")
+        # The table shows only the parent, with an expander; expanded, every job's run sits under it.
+        children = [r.info.run_name for r in runs if r.info.run_name != "smoke"]
+        assert not all(name in browser.evaluate("document.body.innerText").split() for name in children)
+        browser.evaluate("document.querySelector('button[data-component-id*=runnamecellrenderer]').click()")
+        deadline = time.time() + 30
+        while not all(name in browser.evaluate("document.body.innerText").split() for name in children):
+            assert time.time() < deadline, browser.evaluate("document.body.innerText")[:2000]
+            time.sleep(1)
+        lines = browser.evaluate("document.body.innerText").split()
+        assert lines.index("smoke") < min(lines.index(name) for name in children)  # parent first, then its jobs
+        table = browser.screenshot(shots / "runs.png")
+        browser.open_until(
+            f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{train.info.run_id}/model-metrics",
+            "document.querySelectorAll('.js-plotly-plot').length >= 3",
+        )
+        titles = browser.evaluate("document.body.innerText")
+        for metric in ("loss", "learning_rate", "grad_norm"):
+            assert metric in titles.split(), metric
+        charts = browser.screenshot(shots / "train-metrics.png")
+    finally:
+        browser.close()
+    for png in (table, charts):
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, (png, len(data))
