@@ -77,6 +77,34 @@ def validate(
 
 
 @app.command()
+def plan(
+    config: Path = typer.Argument(..., help="pipeline config YAML"),
+    overrides: Optional[List[str]] = OverridesArg,
+    json_out: bool = typer.Option(False, "--json", help="print the estimates as JSON"),
+) -> None:
+    """Estimate per-GPU training memory for the config and for Gemma-3 4B/12B/27B (an estimate)."""
+    import json
+
+    from rich.table import Table
+
+    from kazhpc.train.planner import COLUMNS, plans_for_sizes, table_rows
+
+    with report_errors():
+        plans = plans_for_sizes(config, overrides or [])
+    if json_out:
+        print(json.dumps([p.as_dict() for p in plans], indent=2))
+        return
+    table = Table(title=f"QLoRA memory per GPU (GiB, estimate): {config}")
+    for name, _ in COLUMNS:
+        table.add_column(name, justify="left" if name in ("model", "ZeRO") else "right")
+    for row in table_rows(plans):
+        table.add_row(*row)
+    out.print(table)
+    out.print("first row: this config; the others: each size's configs/models/ layout with this config's own train keys. "
+              "Parameters from config.json when local, else kazhpc.train.planner.GEMMA3.", highlight=False)
+
+
+@app.command()
 def run(
     config: Path = typer.Argument(..., help="pipeline config YAML"),
     overrides: Optional[List[str]] = OverridesArg,
@@ -135,6 +163,28 @@ def preprocess(
 
 
 @app.command()
+def evaluate(
+    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
+    overrides: Optional[List[str]] = OverridesArg,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate only shard i of n (an array task)"),
+) -> None:
+    """Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly."""
+    from kazhpc.runner import read_state, run_single
+
+    setup_logging()
+    with report_errors():
+        path = run_single("evaluate", config, overrides or [], run_dir, shard)
+    out.print(f"run directory: {path}")
+    for name, job in read_state(path).get("jobs", {}).items():
+        if name.startswith("evaluate"):
+            out.print(f"  {name}: {job.get('status')}")
+    results = path / "evaluate" / "results.json"
+    if shard is None and results.is_file():
+        out.print(f"results: {results}")
+
+
+@app.command()
 def tokenizers(
     config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
     overrides: Optional[List[str]] = OverridesArg,
@@ -147,6 +197,22 @@ def tokenizers(
     with report_errors():
         path = run_single("tokenizers", config, overrides or [], run_dir)
     sys.stdout.write((path / "tokenizers" / "tokenizers.md").read_text(encoding="utf-8"))  # Markdown, unwrapped
+    out.print(f"run directory: {path}")
+
+
+@app.command("extend-vocab")
+def extend_vocab(
+    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
+    overrides: Optional[List[str]] = OverridesArg,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
+) -> None:
+    """Add Kazakh tokens to the model's BPE, grow its embeddings, measure the effect; print the table."""
+    from kazhpc.runner import run_single
+
+    setup_logging()
+    with report_errors():
+        path = run_single("extend-vocab", config, overrides or [], run_dir)
+    sys.stdout.write((path / "extend-vocab" / "extension.md").read_text(encoding="utf-8"))  # Markdown, unwrapped
     out.print(f"run directory: {path}")
 
 
@@ -193,6 +259,105 @@ def sync(
         if not ids:
             raise KazhpcError(f"{run_dir}: no tracking journal to sync")
     out.print(f"synced {len(ids)} runs to {target}: parent run {ids.get('pipeline')}")
+
+
+# -- cluster: submit, render, status, cancel (kazhpc.launch) ----------------------------------
+
+
+@app.command()
+def submit(
+    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --resume)"),
+    overrides: Optional[List[str]] = OverridesArg,
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster profile (configs/clusters/*.yaml)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="resubmit this run from its first unfinished job"),
+) -> None:
+    """Submit the pipeline to SLURM: one job per step (arrays for parts), chained with afterok."""
+    from kazhpc.config import load_config
+    from kazhpc.launch.cluster import load_cluster
+    from kazhpc.launch.submit import read_submission, submit as submit_pipeline
+    from kazhpc.runner import open_run_dir
+
+    setup_logging()
+    with report_errors():
+        if resume is not None:
+            if config is not None or overrides:
+                raise KazhpcError("--resume uses the run's own config.yaml; give no CONFIG or overrides")
+            cfg = open_run_dir(resume)
+            cluster = cluster or Path(read_submission(resume)["cluster_file"])
+        elif config is None:
+            raise KazhpcError("give a pipeline CONFIG (or --resume RUN_DIR)")
+        else:
+            cfg = load_config(config, overrides or [])
+        if cluster is None:
+            raise KazhpcError("--cluster PROFILE is required (e.g. configs/clusters/local.yaml)")
+        profile = load_cluster(cluster)
+        run_dir, steps = submit_pipeline(cfg, profile, cluster, resume)
+    out.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
+    for step in steps:
+        after = f"  after {', '.join(step['after'])}" if step["after"] else ""
+        tasks = f" ({step['array']} array tasks)" if step["array"] else ""
+        out.print(f"  {step['name']}: SLURM {step['slurm_id']}{tasks}{after}", highlight=False, soft_wrap=True)
+    out.print(f"follow it: kazhpc status {run_dir} --wait", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def render(
+    config: Path = typer.Argument(..., help="pipeline config YAML"),
+    overrides: Optional[List[str]] = OverridesArg,
+    cluster: Path = typer.Option(..., "--cluster", help="cluster profile (configs/clusters/*.yaml)"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for the sbatch scripts and submit.sh"),
+) -> None:
+    """Write the sbatch scripts `kazhpc submit` would submit, plus submit.sh that chains them."""
+    from kazhpc.config import load_config
+    from kazhpc.launch.cluster import load_cluster
+    from kazhpc.launch.plan import plan, render as render_steps
+    from kazhpc.runner import preflight
+
+    with report_errors():
+        cfg = load_config(config, overrides or [])
+        preflight(cfg)
+        written = render_steps(plan(cfg, load_cluster(cluster)), output, config, overrides or [])
+    for path in written:
+        out.print(str(path), highlight=False)
+    out.print(f"submit them with: bash {output / 'submit.sh'}", highlight=False)
+
+
+@app.command()
+def status(
+    run_dir: Path = typer.Argument(..., help="a run directory made by kazhpc submit"),
+    wait: bool = typer.Option(False, "--wait", help="poll until no job is queued or running"),
+    timeout: float = typer.Option(3600, help="with --wait: give up after this many seconds"),
+) -> None:
+    """Each job's SLURM state and log; which job failed and where its log is. Exit 1 if one failed
+    (3 if --wait gave up while jobs were still queued or running)."""
+    import time
+
+    from kazhpc.launch.status import describe, step_states
+
+    with report_errors():
+        deadline = time.time() + timeout
+        steps = step_states(run_dir)
+        while wait and any(s.active for s in steps) and time.time() < deadline:
+            time.sleep(5)
+            steps = step_states(run_dir)
+        lines, done = describe(run_dir, steps)
+    for line in lines:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if any(s.failed for s in steps):
+        raise SystemExit(1)
+    if wait and any(s.active for s in steps):
+        out.print(f"still queued or running after {timeout:.0f} s", highlight=False)
+        raise SystemExit(3)
+
+
+@app.command()
+def cancel(run_dir: Path = typer.Argument(..., help="a run directory made by kazhpc submit")) -> None:
+    """Cancel the run's queued and running SLURM jobs."""
+    from kazhpc.launch.status import cancel as cancel_run
+
+    with report_errors():
+        cancelled = cancel_run(run_dir)
+    out.print(f"cancelled: {', '.join(cancelled)}" if cancelled else "nothing queued or running", highlight=False)
 
 
 def main() -> None:

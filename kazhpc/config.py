@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kazhpc.errors import ConfigError, read_user_text
+from kazhpc.errors import ConfigError, KazhpcError, read_user_text
 
 Dtype = Literal["bfloat16", "float16", "float32"]
 
@@ -39,7 +39,7 @@ Dtype = Literal["bfloat16", "float16", "float32"]
 FRAGMENT_DIRS: dict[str, str] = {"model": "models"}
 
 #: Job names in pipeline order; each is implemented in kazhpc.runner's registry.
-JOB_NAMES: tuple[str, ...] = ("prepare-model", "tokenizers", "preprocess", "train")
+JOB_NAMES: tuple[str, ...] = ("prepare-model", "tokenizers", "extend-vocab", "preprocess", "train", "evaluate")
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -275,6 +275,33 @@ class TokenizersConfig(Strict):
     min_kk_share: float = Field(0.5, ge=0, le=1)
 
 
+class ExtendVocabConfig(Strict):
+    """The extend-vocab job: Kazakh tokens added to the model's own BPE (vocab + merges), new
+    embedding rows initialised from their pieces, and the effect measured (kazhpc.tokenization.extend)."""
+
+    corpus: CorpusConfig | None = Field(None, description="Kazakh training text (text, JSONL field or IOB2)")
+    heldout: CorpusConfig | None = Field(
+        None, description="Kazakh text never trained on; default: the last heldout_fraction of the corpus"
+    )
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="tail of the corpus held out when heldout is unset")
+    english: CorpusConfig | None = Field(
+        None, description="English text for the fertility check (a text file, or a parallel file's en column)"
+    )
+    new_tokens: int = Field(16000, gt=0, description="K: new tokens to add")
+    min_frequency: int = Field(2, ge=2, description="a new token's pair must occur this often in the corpus")
+    k_curve: list[int] = Field(default_factory=list, description="also measure fertility with these smaller K")
+    bpc_texts: int = Field(64, ge=0, description="held-out texts scored for bits per character; 0 skips the model")
+    max_length: int = Field(256, gt=0, description="tokens per scored text")
+    dtype: Dtype = Field("float32", description="dtype for scoring and adaptation (saved in model.dtype)")
+    adapt_steps: int = Field(20, ge=0, description="steps of the short adaptation run; 0 skips it")
+    adapt_batch_size: int = Field(8, gt=0)
+    adapt_learning_rate: float = Field(1e-3, gt=0)
+    adapt_max_length: int = Field(128, gt=0)
+    adapt_lora: bool = Field(True, description="LoRA (r=8) next to the new rows; false: the new rows only")
+    check_language: bool = Field(True, description="refuse a 'Kazakh' corpus that lingua says is not")
+    min_kk_share: float = Field(0.5, ge=0, le=1)
+
+
 class QuantizationConfig(Strict):
     """bitsandbytes 4-bit loading (QLoRA). `train.quantization: null` trains plain LoRA."""
 
@@ -291,6 +318,36 @@ class LoraSettings(Strict):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+
+
+class DistributedConfig(Strict):
+    """How many devices train together, and how (DeepSpeed ZeRO). One GPU is the default."""
+
+    nodes: int = Field(1, ge=1, description="SLURM nodes; one `accelerate launch` per node under srun")
+    gpus_per_node: int = Field(1, ge=1, description="processes (GPUs) per node")
+    deepspeed: str | None = Field(
+        None,
+        description="a name in configs/deepspeed/ (zero2, zero2-offload, zero3, zero3-offload) or a "
+        "DeepSpeed JSON path; null trains without DeepSpeed",
+    )
+    gpu_memory_gb: float = Field(
+        40.0, gt=0, description="memory of one GPU (A100-40GB by default), for the memory planner"
+    )
+    rendezvous_timeout_s: int = Field(
+        900, gt=0, description="how long the nodes of a multi-node job wait for each other at start"
+    )
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _absolute_if_path(cls, value: str | None) -> str | None:
+        # A JSON path is made absolute like other paths; a name stays a name (configs/deepspeed/).
+        if value is not None and (value.endswith(".json") or "/" in value or value.startswith(("~", "."))):
+            return _abs_path(value)
+        return value
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
 
 
 class TrainConfig(Strict):
@@ -310,9 +367,114 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(1, gt=0)
     save_steps: int = Field(50, gt=0, description="checkpoint every N steps (resume point)")
+    resume: bool = Field(True, description="continue from the last checkpoint in the run dir (a requeued job)")
+    preemption_signal: str = Field(
+        "USR2", description="SLURM's warning signal (sbatch --signal; submitit uses USR2): save, stop, requeue"
+    )
+
+    @field_validator("preemption_signal")
+    @classmethod
+    def _catchable_signal(cls, name: str) -> str:
+        from kazhpc.train.resume import signal_number
+
+        try:
+            return signal_number(name).name.removeprefix("SIG")
+        except KazhpcError as exc:
+            raise ValueError(str(exc).removeprefix("train.preemption_signal: ")) from None
     loss_check_rows: int = Field(
         32, ge=0, description="train rows on which base and adapter losses are compared after training"
     )
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
+class EvalTaskConfig(Strict):
+    """A task built from a user's file by config alone (kazhpc.evaluation.suite)."""
+
+    name: str = Field(pattern=_NAME_PATTERN, description="the task's name in results and reports")
+    kind: Literal["mc", "translation"]
+    path: str = Field(description="JSONL: mc rows {question, choices, answer (index or letter)}; "
+                      "translation rows with one field per language")
+    source_lang: str = Field("kk", description="translation: field (language code) of the source text")
+    target_lang: str = Field("en", description="translation: field (language code) of the reference")
+    instruction: str | None = Field(None, description="replaces the built-in Kazakh instruction")
+    max_gen_toks: int = Field(64, gt=0, description="translation: tokens generated at most")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        return _abs_path(path)
+
+
+class EvalModelConfig(Strict):
+    """One model under test: the configured base model, with or without a LoRA adapter."""
+
+    label: str = Field(pattern=_NAME_PATTERN, description="the model's name in results and reports")
+    kind: Literal["base", "adapter", "merged"] = Field(
+        "base", description="base model; base + peft adapter; adapter merged into the weights (merge_and_unload)"
+    )
+    adapter: str | None = Field(
+        None, description="adapter folder; default for adapter/merged: <run dir>/train/adapter (train job)"
+    )
+
+    @field_validator("adapter")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        return None if path is None else _abs_path(path)
+
+
+class EvaluateConfig(Strict):
+    """The evaluate job: the Kazakh lm-eval suite on each model, sharded, merged exactly."""
+
+    tasks: list[str | EvalTaskConfig] = Field(
+        default_factory=lambda: ["kk-leaderboard", "belebele_kaz_Cyrl"],
+        min_length=1,
+        description="kazhpc task names, suite names (kk-leaderboard), lm-eval task names, or mc/translation builders",
+    )
+    data_overrides: dict[str, str] = Field(
+        default_factory=dict, description="task name → local copy (JSONL/JSON/CSV/Parquet) in the hub schema"
+    )
+    models: list[EvalModelConfig] = Field(
+        default_factory=lambda: [EvalModelConfig(label="base")], min_length=1
+    )
+    baseline: str | None = Field(None, description="model label the others are compared with (default: the first)")
+    shards: int = Field(1, ge=1, description="parts evaluated separately (SLURM array tasks), then merged")
+    limit: int | None = Field(None, gt=0, description="first N documents per task (smoke tests only)")
+    batch_size: int = Field(
+        1,
+        gt=0,
+        description="1 keeps every document's scores independent of its shard (the merge is then bit-identical "
+        "to an unsharded run); larger batches pad requests together, which moves bf16 log-likelihoods by "
+        "rounding and can flip near-ties",
+    )
+    bootstrap_iters: int = Field(1000, ge=0, description="lm-eval's bootstrap draws for non-mean metrics' stderr")
+    perplexity_texts: str | None = Field(
+        "builtin:kk-sentences", description="held-out Kazakh text (one passage per line); null skips perplexity"
+    )
+    perplexity_max_length: int = Field(256, gt=0)
+    generation_prompts: str | None = Field(
+        None, description="text file, one Kazakh prompt per line: side-by-side generations of the models"
+    )
+    generation_max_new_tokens: int = Field(48, gt=0, description="tokens each model generates per prompt")
+
+    @field_validator("data_overrides")
+    @classmethod
+    def _absolute_overrides(cls, overrides: dict[str, str]) -> dict[str, str]:
+        return {task: _abs_path(path) for task, path in overrides.items()}
+
+    @field_validator("perplexity_texts", "generation_prompts")
+    @classmethod
+    def _absolute_texts(cls, value: str | None) -> str | None:
+        return value if value is None or value.startswith("builtin:") else _abs_path(value)
+
+    @model_validator(mode="after")
+    def _labels(self) -> EvaluateConfig:
+        labels = [m.label for m in self.models]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"models: label used twice: {', '.join(duplicates)}")
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(f"baseline: '{self.baseline}' is not a model label{_suggest(self.baseline, labels)}")
+        return self
 
 
 class PipelineConfig(Strict):
@@ -329,8 +491,10 @@ class PipelineConfig(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     prepare_model: PrepareModelConfig = Field(default_factory=PrepareModelConfig)
     tokenizers: TokenizersConfig = Field(default_factory=TokenizersConfig)
+    extend_vocab: ExtendVocabConfig = Field(default_factory=ExtendVocabConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @field_validator("jobs")
     @classmethod
@@ -356,10 +520,25 @@ class PipelineConfig(Strict):
             raise ValueError("preprocess.sources: the preprocess job needs at least one source")
         if "tokenizers" in self.jobs and self.tokenizers.corpus is None:
             raise ValueError("tokenizers.corpus: the tokenizers job needs a corpus (tokenizers.corpus.path)")
+        if "extend-vocab" in self.jobs and self.extend_vocab.corpus is None:
+            raise ValueError("extend_vocab.corpus: the extend-vocab job needs a Kazakh corpus (extend_vocab.corpus.path)")
+        if "extend-vocab" in self.jobs and "train" in self.jobs and self.jobs.index("train") < self.jobs.index("extend-vocab"):
+            raise ValueError("jobs: extend-vocab must come before train (train fine-tunes the extended model)")
         if "train" in self.jobs and "preprocess" not in self.jobs:
             raise ValueError("jobs: train reads the preprocess job's output; list preprocess before it")
         if "train" in self.jobs and self.jobs.index("train") < self.jobs.index("preprocess"):
             raise ValueError("jobs: preprocess must come before train")
+        from kazhpc.train import distributed  # ZeRO stage vs QLoRA, DeepSpeed JSON vs batch sizes
+
+        distributed.check(self)
+        for m in self.evaluate.models:
+            if "evaluate" in self.jobs and m.kind != "base" and m.adapter is None and (
+                "train" not in self.jobs or self.jobs.index("train") > self.jobs.index("evaluate")
+            ):
+                raise ValueError(
+                    f"evaluate.models[{m.label}]: no adapter given and no train job before evaluate; "
+                    "set evaluate.models[].adapter or list train before evaluate"
+                )
         return self
 
     @property
@@ -556,12 +735,63 @@ def _apply_override(doc: _Doc, override: str) -> None:
     doc.origins[path] = origin
 
 
+def _leaves(data: dict[str, Any], prefix: tuple[str, ...]) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for key, value in data.items():
+        path = prefix + (str(key),)
+        out |= _leaves(value, path) if isinstance(value, dict) and value else {path}
+    return out
+
+
+def _lift_model_train(doc: _Doc, lifted: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """Move a model file's ``train:`` block (per-size defaults) under the top-level ``train``.
+
+    Precedence, lowest first: schema defaults < the model file's ``train:`` block < the pipeline's
+    own ``train:`` keys < ``train.*`` overrides. The rule is the same whether the model is named in
+    the pipeline or by a ``model=...`` override: ``smoke.yaml model=gemma3-27b`` gets the 27B layout
+    (nodes, ZeRO-3, quant storage, batch) except where smoke.yaml itself sets a train key. Defaults
+    lifted from a previous model (``lifted``, the leaf paths that came from it and nothing else)
+    are removed first, so that switching models leaves none of the old model's layout behind.
+    Returns the leaf paths that now come from the model file.
+    """
+    model = doc.data.get("model")
+    if not isinstance(model, dict) or "train" not in model:
+        return lifted
+    defaults = model.pop("train")
+    where = doc.origins.get(("model", "train"), Origin("config"))
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{where}: model.train: expected a mapping of train keys (per-size defaults)")
+    train = doc.data.get("train")
+    if train is not None and not isinstance(train, dict):
+        raise ConfigError(f"{doc.origins.get(('train',), where)}: train: expected a mapping")
+    train = train or {}
+    for leaf in lifted:  # the previous model's defaults that no override replaced since
+        if any(str(doc.origins.get(leaf[:i], "")).startswith("override") for i in range(1, len(leaf) + 1)):
+            continue
+        node: Any = train
+        for part in leaf[1:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf[-1], None)
+        doc.origins.pop(leaf, None)
+    merged = _Doc(data={"train": defaults})
+    _merge(merged, _Doc(data={"train": train}))
+    own = _leaves(train, ("train",))
+    doc.data["train"] = merged.data["train"]
+    for key in [k for k in doc.origins if k[:2] == ("model", "train")]:
+        origin = doc.origins.pop(key)
+        doc.origins.setdefault(("train",) + key[2:], origin)
+    return _leaves(defaults, ("train",)) - own
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load, compose, override and validate a pipeline config; raise ConfigError on any problem."""
     path = Path(path)
     doc = _load_file(path, (), ())
+    lifted = _lift_model_train(doc, set())
     for override in overrides:
         _apply_override(doc, override)
+        lifted = _lift_model_train(doc, lifted)
     try:
         return PipelineConfig.model_validate(doc.data)
     except ValidationError as exc:
@@ -605,7 +835,8 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
-def _describe(exc: ValidationError, doc: _Doc, path: Path) -> str:
+def _describe(exc: ValidationError, doc: _Doc, path: Path, root: type[BaseModel] | None = None) -> str:
+    """One line for a validation error; ``root`` is the validated model (PipelineConfig by default)."""
     errors = exc.errors()
     first = errors[0]
     loc = tuple(str(p) for p in first["loc"])
@@ -613,7 +844,7 @@ def _describe(exc: ValidationError, doc: _Doc, path: Path) -> str:
     origin = next((doc.origins[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in doc.origins), None)
     where = str(origin) if origin else str(path)
     if first["type"] == "extra_forbidden":
-        parent = _model_at(PipelineConfig, loc[:-1])
+        parent = _model_at(root or PipelineConfig, loc[:-1])
         hint = _suggest(loc[-1], parent.model_fields) if parent else ""
         message = f"{where}: {key}: unknown key{hint}"
     elif first["type"] == "missing":

@@ -179,15 +179,37 @@ def load_tokenizer(model_cfg: ModelConfig, cache_root: Path) -> PreTrainedTokeni
     return tokenizer
 
 
+#: Checkpoint keys of Gemma-3's multimodal model → those of its text model (Gemma3ForCausalLM):
+#: the hub's layout ('language_model.model.layers...') and transformers 5's ('model.language_model...').
+_GEMMA3_TEXT_KEYS = {
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^model\.language_model\.": "model.",
+}
+
+
 def load_model(model_cfg: ModelConfig, cache_root: Path, **kwargs: Any) -> PreTrainedModel:
-    """The causal LM in the configured dtype and attention implementation."""
+    """The causal LM in the configured dtype and attention implementation.
+
+    Gemma-3 4B/12B/27B checkpoints are multimodal (Gemma3ForConditionalGeneration, which
+    AutoModelForCausalLM returns in transformers 5); kazhpc trains and scores text only, so it loads
+    their text model: no vision tower in memory, and no trainer asking for ``token_type_ids``.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     location = materialize(model_cfg.source, cache_root)
     kwargs.setdefault("dtype", getattr(torch, model_cfg.dtype))
     kwargs.setdefault("attn_implementation", model_cfg.attn_implementation)
     try:
+        config = AutoConfig.from_pretrained(location, revision=model_cfg.revision)
+        if config.model_type == "gemma3" and getattr(config, "text_config", None) is not None:
+            from transformers import Gemma3ForCausalLM
+
+            log.info("%s is multimodal; loading its text model only", model_cfg.source)
+            return Gemma3ForCausalLM.from_pretrained(
+                location, config=config.text_config, revision=model_cfg.revision, key_mapping=_GEMMA3_TEXT_KEYS, **kwargs
+            )
         return AutoModelForCausalLM.from_pretrained(location, revision=model_cfg.revision, **kwargs)
     except OSError as exc:
         raise ModelSourceError(f"model source '{model_cfg.source}': cannot load model: {exc}") from None

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from kazhpc.config import PipelineConfig, dump_yaml, flatten, load_config
 from kazhpc.errors import KazhpcError
-from kazhpc.tracking import JobRun, Tracker, run_tags
+from kazhpc.tracking import JobRun, Tracker, global_rank, run_tags
 
 log = logging.getLogger("kazhpc")
 
@@ -43,13 +43,17 @@ def registry() -> dict[str, Job]:
     """Every job type by name (imported lazily: a job's heavy imports load only when it runs)."""
     from kazhpc import prepare_model, preprocess
     from kazhpc.tokenization import job as tokenizers
+    from kazhpc.tokenization import extend_job
+    from kazhpc.evaluation import job as evaluation_job
     from kazhpc.train import qlora
 
     return {
         "prepare-model": Job("prepare-model", prepare_model.run, prepare_model.preflight),
         "tokenizers": Job("tokenizers", tokenizers.run, tokenizers.preflight),
+        "extend-vocab": Job("extend-vocab", extend_job.run, extend_job.preflight),
         "preprocess": Job("preprocess", preprocess.run, preprocess.preflight, preprocess.run_part),
         "train": Job("train", qlora.run, qlora.preflight),
+        "evaluate": Job("evaluate", evaluation_job.run, evaluation_job.preflight, evaluation_job.run_part),
     }
 
 
@@ -134,12 +138,16 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, only: list[st
     for warning in preflight(cfg):
         log.warning(warning)
     if run_dir is not None:
-        stored = read_state(run_dir).get("config_hash")
-        if stored != cfg.config_hash():
+        # Both sides hashed by this code: a stored hash from an older kazhpc (a field added since,
+        # with its default) must not make a run's own jobs refuse its own config.yaml.
+        own = open_run_dir(run_dir).config_hash()
+        if own != cfg.config_hash():
             raise KazhpcError(
-                f"{run_dir}: created with another config (hash {stored}, this one {cfg.config_hash()}); "
+                f"{run_dir}: created with another config (hash {own}, this one {cfg.config_hash()}); "
                 "join it with --run-dir alone, or start a new run"
             )
+    if run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise KazhpcError("a job launched as several processes needs --run-dir: its ranks must share one run directory")
     run_dir = run_dir or new_run_dir(cfg)
     tracker = Tracker(cfg.tracking, cfg.runs_root, run_dir)
     tags = run_tags(cfg.config_hash())
@@ -165,6 +173,11 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     job = registry()[name]
     job_dir = run_dir / name
     job_dir.mkdir(parents=True, exist_ok=True)
+    if global_rank() != 0:
+        # Other ranks of a distributed job train alongside rank 0 and exit: rank 0 alone writes
+        # run.json, the manifest, the log file and the MLflow run.
+        transformers.set_seed(cfg.seed)
+        return job.run(JobContext(cfg, run_dir, job_dir, tracker.job(name, {}, tags)))
     handler = logging.FileHandler(job_dir / "job.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -184,9 +197,11 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         log.info("job %s: completed in %.1f s", name, time.time() - started)
         return manifest
     except BaseException as exc:
+        preempted = type(exc).__name__ == "Preempted"  # saved a checkpoint and asked to be requeued
         tracking.set_tags({"kazhpc.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracking.finish("FAILED")
-        _set_job_state(run_dir, name, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        tracking.finish("KILLED" if preempted else "FAILED")
+        status = "PREEMPTED" if preempted else "FAILED"
+        _set_job_state(run_dir, name, status=status, finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         logging.getLogger().removeHandler(handler)

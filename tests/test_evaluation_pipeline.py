@@ -45,7 +45,7 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     experiment = client.get_experiment_by_name("kazhpc-smoke")
     (run,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "evaluate"]
     assert run.data.metrics["base.kk_dastur_mc.acc"] == results["models"]["base"]["tasks"]["kk_dastur_mc"]["score"]
-    assert "adapter.kk_bits_per_char" in run.data.metrics
+    assert "adapter.perplexity.bits_per_char" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "results.json" in artifacts
 

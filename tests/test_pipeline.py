@@ -144,7 +144,7 @@ def test_ui_serves_the_run_tree(smoke_run: dict) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as reply:
             names = sorted(r["info"]["run_name"] for r in json.load(reply)["runs"])
-        assert set(names) == {"prepare-model", "preprocess", "smoke", "tokenizers", "train"}
+        assert set(names) == {"prepare-model", "preprocess", "smoke", "tokenizers", "train", "evaluate"}
         with urllib.request.urlopen(base + "/", timeout=10) as reply:  # the UI page itself
             assert "<html" in reply.read().decode("utf-8", "replace").lower()
     finally:

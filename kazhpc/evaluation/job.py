@@ -68,7 +68,6 @@ def run(ctx: JobContext) -> dict[str, Any]:
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     ctx.tracking.log_artifact(results_file)
-    ctx.tracking.log_metrics(flat_metrics(results))
     report = _report(ctx, results)
     generations = _generations(ctx)
     parts = [json.loads((part_dir(ctx.job_dir, i, count) / DONE).read_text()) for i in range(count)]
@@ -86,29 +85,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """'<label>.<task>.<metric>' (and _stderr, chance) plus perplexity, as MLflow metrics."""
-    out: dict[str, float] = {}
-    for label, model in results["models"].items():
-        for task, entry in model["tasks"].items():
-            key = f"{label}.{task}.{entry['metric']}".replace("+", "p")
-            out[key] = entry["score"]
-            if entry["stderr"] is not None:
-                out[key + "_stderr"] = entry["stderr"]
-            if entry["chance"] is not None:
-                out[f"{label}.{task}.chance"] = entry["chance"]
-        for name, value in (model.get("perplexity") or {}).items():
-            if name in ("perplexity", "bits_per_char", "bits_per_byte", "loss"):
-                out[f"{label}.kk_{name}"] = value
-    return out
-
-
 def _report(ctx: JobContext, results: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        from kazhpc.evaluation.report import write_report
-    except ImportError as exc:  # the report module lands separately
-        log.warning("evaluate: no report (%s)", exc)
-        return None
+    from kazhpc.evaluation.report import write_report
+
     return write_report(ctx.job_dir, results, ctx.tracking)
 
 

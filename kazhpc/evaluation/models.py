@@ -40,15 +40,28 @@ def check_adapter(path: Path, label: str) -> None:
         )
 
 
+def base_for_adapter(cfg: PipelineConfig, path: Path, run_dir: Path | None) -> Any:
+    """The model an adapter was trained on: this run's train job may have fine-tuned the
+    extend-vocab job's model (its manifest's ``base_model``), not the configured one."""
+    import json
+
+    manifest = None if run_dir is None else run_dir / "train" / "manifest.json"
+    if manifest is None or not manifest.is_file() or path.resolve() != (run_dir / "train" / "adapter").resolve():
+        return cfg.model
+    source = json.loads(manifest.read_text(encoding="utf-8")).get("base_model") or cfg.model.source
+    return cfg.model if source == cfg.model.source else cfg.model.model_copy(update={"source": source})
+
+
 def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> tuple[Any, Any]:
     """(model, tokenizer) for one model under test, in eval mode on the CPU or the first GPU."""
     import torch
 
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
-    base = load_model(cfg.model, cfg.cache_root)
+    path = adapter_dir(cfg, model, run_dir)
+    model_cfg = cfg.model if path is None else base_for_adapter(cfg, path, run_dir)
+    tokenizer = load_tokenizer(model_cfg, cfg.cache_root)
+    base = load_model(model_cfg, cfg.cache_root)
     if torch.cuda.is_available():
         base = base.to("cuda")
-    path = adapter_dir(cfg, model, run_dir)
     if path is None:
         return base.eval(), tokenizer
     check_adapter(path, model.label)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
+from kazhpc.train import distributed
 from kazhpc.train.guard import ensure_trainable, watch
+from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resume, last_checkpoint
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -59,7 +62,7 @@ def load_for_training(cfg: PipelineConfig) -> Any:
     bnb = quantization_config(cfg)
     kwargs: dict[str, Any] = {}
     if bnb is not None:
-        kwargs.update(quantization_config=bnb, device_map={"": _device()})
+        kwargs.update(quantization_config=bnb, **distributed.quantized_placement(cfg, _device()))
     return watch(load_model(cfg.model, cfg.cache_root, **kwargs))
 
 
@@ -121,6 +124,8 @@ def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
     t = cfg.train
     device = _device()
     bf16 = cfg.model.dtype == "bfloat16"
+    # DeepSpeed on CPU ranks (tests): the Trainer must not be told use_cpu, and then refuses bf16.
+    cpu_deepspeed = device == "cpu" and t.distributed.deepspeed is not None
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=t.max_steps,
@@ -141,18 +146,21 @@ def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
         # No evaluation during training: on CPU a no-grad eval forward of a 4-bit model corrupts
         # the gradients that follow (kazhpc.train.guard). The job scores a separate object after.
         eval_strategy="no",
-        bf16=bf16 and (device == "cuda" or cfg.train.quantization is not None),
+        bf16=bf16 and (device == "cuda" or (cfg.train.quantization is not None and not cpu_deepspeed)),
         fp16=cfg.model.dtype == "float16" and device == "cuda",
-        use_cpu=device == "cpu",
+        use_cpu=device == "cpu" and not cpu_deepspeed,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=True,
+        **distributed.trainer_kwargs(cfg, device),
     )
 
 
-def lora_config(cfg: PipelineConfig) -> Any:
+def lora_config(cfg: PipelineConfig, new_token_ids: list[int] | None = None) -> Any:
+    """LoRA on the configured modules; with ``new_token_ids`` (a vocabulary extension) those
+    embedding rows are trained too (peft ``trainable_token_indices``; tied ``lm_head`` follows)."""
     from peft import LoraConfig
 
     lora = cfg.train.lora
@@ -162,6 +170,7 @@ def lora_config(cfg: PipelineConfig) -> Any:
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": new_token_ids} if new_token_ids else None,
     )
 
 
@@ -189,6 +198,8 @@ def answer_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
 
 
 def _model_card(cfg: PipelineConfig, manifest: dict[str, Any]) -> str:
+    check = manifest["loss_check"]
+    fmt = lambda value: "not checked" if value is None else f"{value:.4f}"  # noqa: E731
     return f"""---
 base_model: {cfg.model.source}
 library_name: peft
@@ -203,8 +214,8 @@ alpha={cfg.train.lora.alpha}, on {manifest['train_rows']} conversations, loss on
 
 | | answer loss on {manifest['loss_check']['rows']} training rows |
 |---|---|
-| base model | {manifest['loss_check']['base']:.4f} |
-| base + this adapter | {manifest['loss_check']['adapter']:.4f} |
+| base model | {fmt(check['base'])} |
+| base + this adapter | {fmt(check['adapter'])} |
 
 Load it with `peft.PeftModel.from_pretrained(base, this_folder)`; the tokenizer here carries the
 chat template it was trained with.
@@ -218,6 +229,14 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     warnings = []
     if cfg.train.quantization is not None and _device() == "cpu" and cfg.model.dtype != "bfloat16":
         warnings.append("4-bit training on CPU is tested with bfloat16 compute only")
+    warnings += distributed.warnings(cfg)
+    from kazhpc.train.planner import fit_warning, packing_warning
+
+    try:
+        warning = fit_warning(cfg)
+    except KazhpcError as exc:
+        warning = f"memory plan: {exc}"
+    warnings += [w for w in (warning, packing_warning(cfg)) if w]
     return warnings
 
 
@@ -226,39 +245,66 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from kazhpc.models import load_model, load_tokenizer
+    from kazhpc.tokenization.extend_model import expose_tied_head_bias, extended_model_for_training
 
-    cfg = ctx.cfg
+    # With extend-vocab in this run: its model and tokenizer (cfg.model.source points there).
+    cfg, new_token_ids = extended_model_for_training(ctx)
+    # Installed first: a preemption warning that arrives while the model loads is not lost.
+    preemption = PreemptionHandler(cfg.train.preemption_signal).install()
     tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
     train, validation = training_data(ctx)
+    checkpoints = ctx.job_dir / "checkpoints"
+    # The training arguments first: under ZeRO-3 they make from_pretrained shard the model as it loads.
+    args = sft_config(cfg, checkpoints)
     model = load_for_training(cfg)
     ensure_trainable(model)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(cfg, ctx.job_dir / "checkpoints"),
+        args=args,
         train_dataset=train,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[tracking_callback(ctx.tracking)],
+        peft_config=lora_config(cfg, new_token_ids),
+        callbacks=[tracking_callback(ctx.tracking), preemption.callback()],
     )
+    if new_token_ids:
+        expose_tied_head_bias(trainer.model)  # trl's fused LM head and peft's tied trainable tokens
+    resumed_from = last_checkpoint(checkpoints) if cfg.train.resume else None
+    if resumed_from is not None:
+        log.info("resuming from %s (optimizer, scheduler, RNG and data position)", resumed_from)
+        keep_trainable_dtypes_on_resume(trainer)
     started = time.time()
-    result = trainer.train()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    finally:
+        preemption.uninstall()
+    if preemption.requested:
+        preemption.hand_over(last_checkpoint(checkpoints))  # requeues, raises Preempted
     seconds = time.time() - started
     adapter_dir = ctx.job_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
+    trainer.save_model(str(adapter_dir))  # on every rank: under ZeRO-3 it gathers the sharded LoRA weights
+    if not trainer.is_world_process_zero():
+        return {}  # rank 0 alone checks, scores and reports; the runner records nothing for other ranks
     tokenizer.save_pretrained(str(adapter_dir))
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file() or weights.stat().st_size == 0:
-        raise KazhpcError(f"{adapter_dir}: the saved adapter is empty")
+    adapter_tensors = distributed.check_adapter(adapter_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]
     del trainer, model
+    distributed.forget_deepspeed()
 
     # The check that matters, on fresh objects: does the reloaded adapter fit the answers better?
     rows = [train[i]["messages"] for i in range(min(cfg.train.loss_check_rows, len(train)))]
-    base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()})
-    base_loss = answer_loss(base, tokenizer, rows, cfg.train.max_length)
-    adapted = PeftModel.from_pretrained(base, str(adapter_dir))
-    adapter_loss = answer_loss(adapted, tokenizer, rows, cfg.train.max_length)
-    log.info("answer loss on %d training rows: base %.4f, adapter %.4f", len(rows), base_loss, adapter_loss)
+    base_loss = adapter_loss = None
+    if rows:  # loss_check_rows: 0 skips the two reloads (e.g. tests that only need the checkpoints)
+        # On a GPU the base is reloaded as it was trained (4 bit): a 27B model in bf16 would not fit
+        # on the one device that scores it. On CPU, bf16 (a no-grad 4-bit forward is the pitfall).
+        bnb = quantization_config(cfg) if _device() == "cuda" else None
+        base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
+                          **({"quantization_config": bnb} if bnb is not None else {}))
+        base_loss = answer_loss(base, tokenizer, rows, cfg.train.max_length)
+        adapted = PeftModel.from_pretrained(base, str(adapter_dir))
+        adapter_loss = answer_loss(adapted, tokenizer, rows, cfg.train.max_length)
+        log.info("answer loss on %d training rows: base %.4f, adapter %.4f", len(rows), base_loss, adapter_loss)
+    else:
+        log.warning("train.loss_check_rows is 0: the adapter's effect on the answer loss is not checked")
     if rows and adapter_loss >= base_loss:
         raise KazhpcError(
             f"train: the adapter does not lower the answer loss on {len(rows)} training rows "
@@ -267,8 +313,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     metrics = {
         "train_loss": float(result.training_loss),
-        "loss_check_base": base_loss,
-        "loss_check_adapter": adapter_loss,
+        **({"loss_check_base": base_loss, "loss_check_adapter": adapter_loss} if rows else {}),
         "train_seconds": seconds,
         "peak_memory_gb": peak_memory_gb(),
     }
@@ -278,11 +323,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "train_rows": len(train),
         "validation_rows": len(validation) if validation is not None else 0,
         "steps": int(result.global_step),
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "train_loss": float(result.training_loss),
         "loss_check": {"rows": len(rows), "base": base_loss, "adapter": adapter_loss},
         "device": _device(),
         "peak_memory_gb": round(peak_memory_gb(), 3),
         "history": history,
+        "base_model": cfg.model.source,
+        "new_token_rows_trained": len(new_token_ids),
+        "adapter_tensors": adapter_tensors,
+        "distributed": {"world_size": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": cfg.train.distributed.deepspeed},
     }
     (adapter_dir / "README.md").write_text(_model_card(cfg, manifest), encoding="utf-8")
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(adapter_dir.iterdir())}
