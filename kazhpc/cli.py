@@ -150,16 +150,22 @@ def preprocess(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: process only part i of n (an array task)"),
 ) -> None:
     """Clean, deduplicate and format the configured Kazakh sources into Parquet shards."""
+    _run_one_job("preprocess", config, overrides, run_dir, shard)
+
+
+def _run_one_job(job: str, config: Optional[Path], overrides: Optional[List[str]], run_dir: Optional[Path],
+                 shard: Optional[str]) -> Path:
+    """One job (or one part of it, an array task); print the run directory and the job's states."""
     from kazhpc.runner import read_state, run_single
 
     setup_logging()
     with report_errors():
-        path = run_single("preprocess", config, overrides or [], run_dir, shard)
+        path = run_single(job, config, overrides or [], run_dir, shard)
     out.print(f"run directory: {path}")
-    state = read_state(path).get("jobs", {})
-    for name, job in state.items():
-        if name.startswith("preprocess"):
-            out.print(f"  {name}: {job.get('status')}")
+    for name, state in read_state(path).get("jobs", {}).items():
+        if name.startswith(job):
+            out.print(f"  {name}: {state.get('status')}")
+    return path
 
 
 @app.command()
@@ -170,15 +176,7 @@ def evaluate(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate only shard i of n (an array task)"),
 ) -> None:
     """Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly."""
-    from kazhpc.runner import read_state, run_single
-
-    setup_logging()
-    with report_errors():
-        path = run_single("evaluate", config, overrides or [], run_dir, shard)
-    out.print(f"run directory: {path}")
-    for name, job in read_state(path).get("jobs", {}).items():
-        if name.startswith("evaluate"):
-            out.print(f"  {name}: {job.get('status')}")
+    path = _run_one_job("evaluate", config, overrides, run_dir, shard)
     results = path / "evaluate" / "results.json"
     if shard is None and results.is_file():
         out.print(f"results: {results}")
