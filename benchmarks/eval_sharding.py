@@ -1,7 +1,7 @@
 """Evaluation wall time: 1 shard vs 2 shards as a SLURM array, and kazhpc vs the lm_eval CLI.
 
 Same task, same model (the bundled Gemma-3-270M, bf16 on the CPU), same documents in every set-up:
-the leaderboard-protocol task ``kk_dastur_mc`` on the fixture rows repeated to ``--docs`` items.
+the leaderboard-protocol task ``kk_dastur_mc`` on the fixture rows repeated (and numbered) to ``--docs`` items.
 
 * **kazhpc, 1 shard vs 2 shards**: ``kazhpc init`` a run, submit the shards as one array
   (``sbatch --array``: each array task runs ``kazhpc evaluate --run-dir R --shard i/n`` with 1 CPU),
@@ -35,8 +35,11 @@ TASK_YAML = REPO / "kazhpc" / "evaluation" / "tasks" / "kk_dastur_mc.yaml"
 
 
 def rows(docs: int, out: Path) -> Path:
-    lines = FIXTURE.read_text(encoding="utf-8").splitlines()
-    out.write_text("\n".join(lines[i % len(lines)] for i in range(docs)) + "\n", encoding="utf-8")
+    """The fixture's rows repeated to ``docs``, each question numbered: lm-eval scores identical
+    contexts once, so plain repeats would measure start-up only, whatever ``docs`` is."""
+    lines = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    numbered = [{**lines[i % len(lines)], "Question": f"{i + 1}. {lines[i % len(lines)]['Question']}"} for i in range(docs)]
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in numbered), encoding="utf-8")
     return out
 
 
@@ -72,6 +75,13 @@ def run(cmd: list[str], threads: int) -> float:
     return time.perf_counter() - started
 
 
+def wait_for(job_id: str, poll_s: float = 0.5) -> None:
+    """Until the (array) job leaves the queue. Not `sbatch --wait`: its polling interval grows to
+    tens of seconds, which measured 30 s of waiting after both array tasks had finished."""
+    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
+        time.sleep(poll_s)
+
+
 def slurm_shards(tmp: Path, data: Path, shards: int) -> tuple[float, float]:
     """Submission to merged results.json, the shards as one SLURM array (1 CPU each)."""
     cfg = config(tmp, data, shards)
@@ -80,12 +90,13 @@ def slurm_shards(tmp: Path, data: Path, shards: int) -> tuple[float, float]:
     started = time.perf_counter()
     wrap = f"cd {REPO} && {BIN / 'kazhpc'} evaluate --run-dir {run_dir} --shard $SLURM_ARRAY_TASK_ID/{shards}"
     job = subprocess.run(
-        ["sbatch", "--parsable", "--wait", f"--array=0-{shards - 1}", "--cpus-per-task=1", "--mem=6G",
+        ["sbatch", "--parsable", f"--array=0-{shards - 1}", "--cpus-per-task=1", "--mem=6G",
          f"--output={tmp}/slurm-%A_%a.out", "--export=ALL,OMP_NUM_THREADS=1,MKL_NUM_THREADS=1", "--wrap", wrap],
         cwd=REPO, env=env(1), capture_output=True, text=True,
     )
     if job.returncode != 0:
         raise SystemExit(f"sbatch failed: {job.stderr}")
+    wait_for(job.stdout.strip().split(";")[0])
     run([str(BIN / "kazhpc"), "evaluate", "--run-dir", run_dir], threads=1)
     seconds = time.perf_counter() - started
     results = json.loads((Path(run_dir) / "evaluate" / "results.json").read_text())
