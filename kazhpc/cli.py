@@ -189,12 +189,18 @@ def tokenizers(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
 ) -> None:
     """Measure the Kazakh tokenizer tax of the configured tokenizers; print the table."""
+    _run_and_print_table("tokenizers", "tokenizers.md", config, overrides, run_dir)
+
+
+def _run_and_print_table(job: str, table: str, config: Optional[Path], overrides: Optional[List[str]],
+                         run_dir: Optional[Path]) -> None:
+    """Run one job, then print the Markdown table it wrote (unwrapped) and the run directory."""
     from kazhpc.runner import run_single
 
     setup_logging()
     with report_errors():
-        path = run_single("tokenizers", config, overrides or [], run_dir)
-    sys.stdout.write((path / "tokenizers" / "tokenizers.md").read_text(encoding="utf-8"))  # Markdown, unwrapped
+        path = run_single(job, config, overrides or [], run_dir)
+    sys.stdout.write((path / job / table).read_text(encoding="utf-8"))
     out.print(f"run directory: {path}")
 
 
@@ -205,13 +211,7 @@ def extend_vocab(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
 ) -> None:
     """Add Kazakh tokens to the model's BPE, grow its embeddings, measure the effect; print the table."""
-    from kazhpc.runner import run_single
-
-    setup_logging()
-    with report_errors():
-        path = run_single("extend-vocab", config, overrides or [], run_dir)
-    sys.stdout.write((path / "extend-vocab" / "extension.md").read_text(encoding="utf-8"))  # Markdown, unwrapped
-    out.print(f"run directory: {path}")
+    _run_and_print_table("extend-vocab", "extension.md", config, overrides, run_dir)
 
 
 @app.command()
