@@ -20,6 +20,21 @@ from slurm_cluster import local_slurm  # noqa: F401  (the session fixture for th
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
+#: Two Kazakh conversations (one with a system turn and two answers) for the chat-template tests.
+KAZAKH_CHATS = [
+    [
+        {"role": "user", "content": "Қазақстанның астанасы қай қала?"},
+        {"role": "assistant", "content": "Қазақстанның астанасы — Астана қаласы."},
+    ],
+    [
+        {"role": "system", "content": "Сен қазақ тілінде жауап бересің."},
+        {"role": "user", "content": "Наурыз қашан тойланады?"},
+        {"role": "assistant", "content": "Наурыз мейрамы наурыздың жиырма екінші жұлдызы күні тойланады."},
+        {"role": "user", "content": "Рахмет!"},
+        {"role": "assistant", "content": "Оқасы жоқ, мерекеңіз құтты болсын!"},
+    ],
+]
+
 # Tests never reach the hub: real loading code runs on local copies only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

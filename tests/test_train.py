@@ -11,26 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, KAZAKH_CHATS, REPO
 from kazhpc.config import load_config
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.train.guard import ensure_trainable, ran_no_grad_forward
 
 pytestmark = pytest.mark.slow
 
-CHATS = [
-    [
-        {"role": "user", "content": "Қазақстанның астанасы қай қала?"},
-        {"role": "assistant", "content": "Қазақстанның астанасы — Астана қаласы."},
-    ],
-    [
-        {"role": "system", "content": "Сен қазақ тілінде жауап бересің."},
-        {"role": "user", "content": "Наурыз қашан тойланады?"},
-        {"role": "assistant", "content": "Наурыз мейрамы наурыздың жиырма екінші жұлдызы күні тойланады."},
-        {"role": "user", "content": "Рахмет!"},
-        {"role": "assistant", "content": "Оқасы жоқ, мерекеңіз құтты болсын!"},
-    ],
-]
+CHATS = KAZAKH_CHATS
 
 
 def smoke(tmp: Path, model_cache: Path, *overrides: str):

@@ -8,23 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS
+from conftest import CONFIGS, KAZAKH_CHATS
 from kazhpc.config import load_config
 
 pytestmark = pytest.mark.slow
 
 CHATS = [
-    [
-        {"role": "user", "content": "Қазақстанның астанасы қай қала?"},
-        {"role": "assistant", "content": "Қазақстанның астанасы — Астана қаласы."},
-    ],
-    [
-        {"role": "system", "content": "Сен қазақ тілінде жауап бересің."},
-        {"role": "user", "content": "Наурыз қашан тойланады?"},
-        {"role": "assistant", "content": "Наурыз мейрамы наурыздың жиырма екінші жұлдызы күні тойланады."},
-        {"role": "user", "content": "Рахмет!"},
-        {"role": "assistant", "content": "Оқасы жоқ, мерекеңіз құтты болсын!"},
-    ],
+    *KAZAKH_CHATS,
     [
         {"role": "user", "content": "Абай Құнанбайұлы кім болған?"},
         {"role": "assistant", "content": "Абай — қазақтың ақыны, ағартушысы және ойшылы."},
