@@ -50,11 +50,15 @@ def setup_logging() -> None:
 
 @contextlib.contextmanager
 def report_errors() -> Iterator[None]:
-    """Turn a KazhpcError into a one-line message and exit status 2."""
+    """Turn a KazhpcError into a one-line message and its exit status (2; 75 for a preempted job)."""
+    from kazhpc.train.resume import Preempted
+
     try:
         yield
     except KazhpcError as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        if isinstance(exc, Preempted):
+            exc.requeue()  # only now, with run.json and MLflow up to date: a requeue ends the job at once
         raise SystemExit(exc.exit_code) from None
 
 

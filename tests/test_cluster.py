@@ -170,9 +170,10 @@ def test_rendered_a100_scripts(tmp_path: Path) -> None:
     for line in ["#SBATCH --partition=gpu", "#SBATCH --account=kazllm", "#SBATCH --qos=normal",
                  "#SBATCH --constraint=a100", "#SBATCH --gpus-per-node=a100:4", "#SBATCH --time=1440",
                  "#SBATCH --mem=256GB", "#SBATCH --cpus-per-task=32", "module load apptainer",
-                 'export HF_HUB_OFFLINE="1"']:
+                 'export HF_HUB_OFFLINE="1"', "#SBATCH --signal=USR2@90", "#SBATCH --requeue"]:
         assert line in train.splitlines(), line
-    container = re.search(r"^apptainer exec --nv --bind (\S+) --pwd /opt/kazhpc /scratch/kazhpc/kazhpc-0.1.0.sif "
+    # A job step, as submitit runs it: SLURM's warning signal goes to steps (the batch shell would die of it).
+    container = re.search(r"^srun --unbuffered apptainer exec --nv --bind (\S+) --pwd /opt/kazhpc /scratch/kazhpc/kazhpc-0.1.0.sif "
                           r"python jobs/train.py --run-dir \"\$RUN_DIR\"$", train, re.MULTILINE)
     assert container, train
     assert "/scratch" in container.group(1).split(",")
@@ -193,9 +194,11 @@ def test_rendered_lines_are_the_ones_submitit_writes(tmp_path: Path) -> None:
     from submitit.slurm.slurm import _make_sbatch_string
 
     for step in plan(load_config(SMOKE, ["preprocess.shards=2"]), load_cluster(A100)):
-        theirs = _make_sbatch_string(command="true", folder=tmp_path, setup=step.setup, **step.params).splitlines()
-        ours = [sbatch_flag(k, v) for k, v in step.params.items()]
+        theirs = _make_sbatch_string(command="true", folder=tmp_path, setup=step.setup,
+                                     additional_parameters=step.extra, **step.params).splitlines()
+        ours = [sbatch_flag(k, v) for k, v in step.sbatch_options().items()]
         assert set(ours) <= set(theirs), (step.name, set(ours) - set(theirs))
+        assert ("#SBATCH --requeue" in ours) == (step.job == "train")
         assert all(line in theirs for line in step.setup)
 
 
@@ -235,3 +238,63 @@ def test_every_job_that_splits_becomes_an_array_and_a_merge() -> None:
 def test_missing_profile_names_the_shipped_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope.yaml: cluster profile not found; shipped profiles: .*a100-example.*local"):
         load_cluster(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# ShellStep under a preemption signal: the submitit job process waits for the checkpoint first.
+
+_SUBMITIT_JOB = """
+import signal, sys
+from pathlib import Path
+from kazhpc.launch.submit import ShellStep
+marker = Path(sys.argv[1])
+def requeue(signum, frame):  # stands for submitit's checkpoint_and_try_requeue: note what is on disk
+    print("REQUEUE saved=" + str(marker.is_file()), flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGUSR2, requeue)
+command = [sys.argv[2]]
+step = ShellStep("train", command, str(marker.parent), "train", sys.argv[3] or None)
+print("RETURNED", step(), flush=True)
+"""
+
+# A job that saves on USR2: 1 s of "saving" after the signal, then exit 75 (or 0: it had finished).
+_SAVING_JOB = (
+    "python -c 'import signal, sys, time, pathlib\n"
+    "got = []\nsignal.signal(signal.SIGUSR2, lambda s, f: got.append(s))\n"
+    "print(\"ready\", flush=True)\n"
+    "while not got: time.sleep(0.05)\n"
+    "time.sleep(1); pathlib.Path(sys.argv[1]).write_text(\"ckpt\")\n"
+    "sys.exit(int(sys.argv[2]))' \"$RUN_DIR/ckpt\" {code}"
+)
+
+
+def _preempt(tmp_path: Path, command: str, signal_name: str) -> subprocess.CompletedProcess:
+    import signal
+
+    marker = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", _SUBMITIT_JOB, str(marker), command, signal_name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGUSR2)  # to the job process alone: it must pass the signal on itself
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_preempted_step_is_requeued_only_after_its_checkpoint_is_saved(tmp_path: Path) -> None:
+    done = _preempt(tmp_path, _SAVING_JOB.format(code=75), "USR2")
+    assert done.returncode == 3 and "REQUEUE saved=True" in done.stdout, done.stdout + done.stderr
+    assert "preempted (exit 75); requeueing it through submitit" in done.stderr
+
+
+def test_step_that_finished_despite_the_signal_is_not_requeued(tmp_path: Path) -> None:
+    done = _preempt(tmp_path, _SAVING_JOB.format(code=0), "USR2")
+    assert done.returncode == 0 and "RETURNED 0" in done.stdout and "REQUEUE" not in done.stdout, done.stdout + done.stderr
+
+
+def test_step_without_a_checkpoint_is_stopped_and_requeued(tmp_path: Path) -> None:
+    import time
+
+    started = time.time()
+    done = _preempt(tmp_path, "echo ready; sleep 120", "")
+    assert done.returncode == 3 and "REQUEUE saved=False" in done.stdout, done.stdout + done.stderr
+    assert time.time() - started < 30  # stopped, not waited for

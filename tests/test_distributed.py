@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,14 +190,15 @@ def test_runner_lets_only_rank_0_record(tmp_path: Path, monkeypatch: pytest.Monk
 def _srun_and_accelerate(script: str) -> tuple[list[str], list[str]]:
     """The srun part of the launch line, and the per-node command it runs (split into words)."""
     srun, per_node = _srun_line(script)
-    return srun, shlex.split(per_node)[1:]
+    return srun, shlex.split(per_node.split("; exec ", 1)[1])
 
 
 def _srun_line(script: str) -> tuple[list[str], str]:
     """(srun and its flags, the bash -c text each node runs)."""
     (srun_line,) = [line for line in script.splitlines() if line.startswith("srun ")]
     words = shlex.split(srun_line)
-    assert words[-3:-1] == ["bash", "-c"] and words[-1].startswith("exec ")
+    # The launcher ignores the preemption signal (it would die of it, taking the ranks with it).
+    assert words[-3:-1] == ["bash", "-c"] and words[-1].startswith("trap '' USR2; exec ")
     return words[: words.index("bash")], words[-1]
 
 
@@ -413,3 +415,57 @@ def test_zero3_qlora_two_ranks_under_slurm(tmp_path: Path, tiny_gemma3: Path, lo
     assert submitted.returncode == 0, log[-6000:]
     assert read_state(run_dir)["jobs"]["train"]["slurm_job_id"] == job_id
     _check_two_rank_run(cfg, run_dir, tiny_gemma3, log, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_two_ranks_preempted_under_slurm_save_requeue_and_resume(tmp_path: Path, tiny_gemma3: Path, local_slurm) -> None:
+    """SLURM's warning signal on a 2-rank ZeRO-2 job of slurm/train.sbatch: it reaches both ranks
+    through srun (the launcher ignores it and lives), they save one checkpoint together, rank 0
+    requeues the job, and the requeued job resumes from the checkpoint and completes."""
+    from mlflow import MlflowClient
+
+    from kazhpc.runner import read_state, run_pipeline
+    from kazhpc.train.resume import WAIT_FOR_SIGNAL_AT_STEP_ENV
+
+    cfg = load_config(_pipeline(tmp_path, tiny_gemma3, "zero2", "float32", "null"))
+    run_dir = run_pipeline(cfg, only=["preprocess"])
+    out = tmp_path / "slurm.out"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2", "--mem=8G", "--time=10", f"--chdir={REPO}",
+         f"--output={out}", "--job-name=kazhpc-test-preempt", str(REPO / "slurm" / "train.sbatch")],
+        capture_output=True, text=True, timeout=60,
+        env=_env(RUN_DIR=str(run_dir), KAZHPC_PYTHON=sys.executable, **{WAIT_FOR_SIGNAL_AT_STEP_ENV: "2"}),
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        deadline = time.time() + 420
+        while not (out.is_file() and out.read_text().count("waiting for the preemption signal at step 2") == 2):
+            assert time.time() < deadline, out.read_text()[-6000:] if out.is_file() else "no log"
+            time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends at --signal time
+        job = ""
+        while "JobState=COMPLETED" not in job:
+            job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+            assert time.time() < deadline + 300 and not re.search(r"JobState=(FAILED|CANCELLED|TIMEOUT)", job), (
+                job + out.read_text()[-6000:])
+            time.sleep(1)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)
+    log = out.read_text()
+    assert "Restarts=1" in job, job
+    assert "rank 0 got the signal" in log and "rank 1 got the signal" in log, log[-6000:]
+    assert log.count("waiting for the preemption signal at step 2") == 2  # not again after the resume
+    assert "requeued SLURM job " + job_id in log, log[-6000:]  # by rank 0, once the preemption was recorded
+    job_log = (run_dir / "train" / "job.log").read_text()
+    assert re.search(r"resuming from \S+checkpoint-2 ", job_log), job_log[-4000:]
+    manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
+    assert manifest["steps"] == 4 and manifest["adapter_tensors"]["tensors"] > 0
+    assert read_state(run_dir)["jobs"]["train"]["status"] == "COMPLETED"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kazhpc-dist").experiment_id])
+    train = sorted((r.info.status, r.info.run_id) for r in runs if r.info.run_name == "train")
+    assert [status for status, _ in train] == ["FINISHED", "KILLED"], train
+    steps = sorted(m.step for _, run_id in train for m in client.get_metric_history(run_id, "loss"))
+    assert steps == [1, 2, 3, 4]  # steps 1-2 before, 3-4 after the requeue; each logged once (rank 0)

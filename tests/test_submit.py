@@ -5,6 +5,7 @@ and --resume. Nothing is mocked; training is cut to 2 steps to fit the test budg
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -150,6 +151,52 @@ def killed_and_resumed(run_dir: Path, runs_root: Path) -> None:
     assert again.returncode == 2 and "every job has finished; nothing to resume" in again.stderr
 
 
+
+
+def test_preempted_training_saves_requeues_and_resumes(local_slurm: str, tmp_path: Path, model_cache: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM's warning signal reaches the train job through submitit: the job saves a checkpoint,
+    submitit requeues it only once the checkpoint is on disk, and the requeued job resumes from it and
+    completes. The signal comes from `scancel --signal=USR2` (what SLURM sends 90 s before the time
+    limit); the train job waits for it at step 2 (a drill switch), so the test never races training."""
+    from kazhpc.train.resume import WAIT_FOR_SIGNAL_AT_STEP_ENV
+
+    monkeypatch.setenv(WAIT_FOR_SIGNAL_AT_STEP_ENV, "2")  # sbatch passes the environment to the job
+    runs_root = tmp_path / "runs"
+    submitted = kazhpc("submit", SMOKE, f"runs_root={runs_root}", f"cache_dir={model_cache}", "jobs=[preprocess,train]",
+                       "train.max_steps=4", "train.save_steps=100", "train.loss_check_rows=4", "--cluster", LOCAL)
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    run_dir = the_run_dir(runs_root)
+    try:
+        (step,) = [s for s in json.loads((run_dir / "submission.json").read_text())["attempts"][0]["steps"]
+                   if s["name"] == "train"]
+        train_id, log = step["slurm_id"], Path(step["logs"][0])
+        wait_for_line(log, "waiting for the preemption signal at step 2", run_dir)
+        subprocess.run(["scancel", "--signal=USR2", train_id], check=True)
+        done = kazhpc("status", str(run_dir), "--wait", "--timeout", "600", timeout=660)
+        text = log.read_text() + log.with_suffix(".err").read_text()  # submitit's stdout and stderr logs
+        assert done.returncode == 0 and "all jobs completed" in done.stdout, done.stdout + text[-6000:]
+    finally:
+        kazhpc("cancel", str(run_dir))
+    assert "got the signal" in text and "preempted (exit 75); requeueing it through submitit" in text, text[-6000:]
+    assert re.search(r"resuming from \S+checkpoint-2 ", text), text[-6000:]
+    job = subprocess.run(["scontrol", "show", "job", train_id], capture_output=True, text=True).stdout
+    assert "Restarts=1" in job and "JobState=COMPLETED" in job, job
+    manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
+    assert manifest["steps"] == 4 and (run_dir / "train" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert read_state(run_dir)["jobs"]["train"]["status"] == "COMPLETED"
+    client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kazhpc-smoke").experiment_id])
+    train_runs = sorted((r.info.status, r.data.tags.get("kazhpc.error", "")) for r in runs if r.info.run_name == "train")
+    assert [status for status, _ in train_runs] == ["FINISHED", "KILLED"], train_runs  # the preempted attempt, then the rest
+    assert "Preempted" in train_runs[1][1]
+
+
+def wait_for_line(log: Path, line: str, run_dir: Path, timeout: float = 420) -> None:
+    deadline = time.time() + timeout
+    while not (log.is_file() and line in log.read_text()):
+        assert time.time() < deadline, (log.read_text()[-4000:] if log.is_file() else "no log") + kazhpc("status", str(run_dir)).stdout
+        time.sleep(0.5)
 
 
 # --- a look at the results: the MLflow UI in headless Chromium --------------------------------

@@ -179,6 +179,8 @@ def test_signal_sets_save_and_stop_then_hands_over_to_the_previous_handler(tmp_p
         with pytest.raises(KazhpcError, match="preempted at step 5") as info:
             handler.hand_over(tmp_path / "checkpoint-5")
         assert info.value.exit_code == PREEMPTED_EXIT_CODE
+        assert handed == []  # not yet: the runner records the preemption first
+        info.value.requeue()
         assert handed == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
@@ -196,8 +198,11 @@ def test_under_submitit_the_train_process_leaves_the_requeue_to_submitit(tmp_pat
     handler.stopped_at_step = 7
     with pytest.raises(KazhpcError, match="submitit requeues the job") as info:
         handler.hand_over(tmp_path)
+    info.value.requeue()
     assert info.value.exit_code == PREEMPTED_EXIT_CODE and calls == []
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
-    with pytest.raises(KazhpcError, match="the SLURM job was requeued"):  # plain sbatch: kazhpc requeues
+    with pytest.raises(KazhpcError, match="the SLURM job is requeued") as info:  # plain sbatch: kazhpc requeues
         handler.hand_over(tmp_path)
+    assert calls == []  # on the way out of the job (kazhpc.cli.report_errors), after run.json and MLflow
+    info.value.requeue()
     assert calls == [["scontrol", "requeue", "4243"]]

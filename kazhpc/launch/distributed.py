@@ -84,7 +84,9 @@ def train_launch_script(
     argv = accelerate_argv(cfg, run_dir, python)
     if wrap is not None:
         argv = wrap(argv)
-    per_node = "exec " + " ".join(_word(a) for a in argv)
+    # The launcher ignores the preemption signal (SLURM sends it to every process of the step, and
+    # it would kill the launcher and with it the ranks); each rank's own handler saves and stops.
+    per_node = f"trap '' {cfg.train.preemption_signal}; exec " + " ".join(_word(a) for a in argv)
     srun = ["srun", f"--nodes={dist.nodes}", f"--ntasks={dist.nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     lines = [
         f"# kazhpc train: {dist.nodes} node(s) x {dist.gpus_per_node} process(es) = {dist.world_size} rank(s){ds}",

@@ -40,6 +40,15 @@ class Step:
     after: tuple[str, ...] = ()  # steps that must complete first (afterok)
     use_srun: bool = True  # False when the command runs srun itself (multi-node training)
     notes: list[str] = field(default_factory=list)
+    #: The signal on which the job saves its state and exits 75 to be requeued (train), or None:
+    #: a job without it is stopped and requeued from scratch (kazhpc.launch.submit.ShellStep).
+    preemption_signal: str | None = None
+    #: sbatch options submitit has no parameter for (its slurm_additional_parameters).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sbatch_options(self) -> dict[str, Any]:
+        """Every option of the step's #SBATCH lines, as submitit and `kazhpc render` both write them."""
+        return {**self.params, **self.extra}
 
 
 def shards_of(cfg: PipelineConfig, job: str) -> int:
@@ -190,6 +199,7 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
             steps.append(Step(
                 name=job, job=job, params=_sbatch_params(cluster, job, res, gpus=gpus), setup=setup_lines(cluster),
                 after=previous, command=[f"cd {shlex.quote(workdir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
+                **(_preemption(cfg) if job == "train" else {}),
             ))
         previous = (steps[-1].name,)
     return steps
@@ -218,7 +228,19 @@ def _distributed_train(
         name="train", job="train", params=params, setup=setup_lines(cluster), after=after, use_srun=False,
         command=[f"cd {shlex.quote(workdir)}", *body.strip().splitlines()],
         notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.distributed"],
+        **_preemption(cfg),
     )
+
+
+#: Seconds of warning SLURM gives before the time limit (submitit's default, and slurm/train.sbatch's).
+PREEMPTION_WARNING_S = 90
+
+
+def _preemption(cfg: PipelineConfig) -> dict[str, Any]:
+    """The train job saves on the warning signal: SLURM sends it to the job's steps (not B:, the
+    batch shell, which would die of it) ahead of the time limit, and the job may be requeued."""
+    sig = cfg.train.preemption_signal
+    return {"preemption_signal": sig, "extra": {"signal": f"{sig}@{PREEMPTION_WARNING_S}", "requeue": True}}
 
 
 def distributed_launch_hook() -> tuple[Any, Any]:
@@ -244,7 +266,7 @@ def sbatch_flag(key: str, value: Any) -> str:
 
 def render_script(step: Step, log_dir: Path) -> str:
     """A standalone sbatch script for one step (the run directory comes from $RUN_DIR at submit time)."""
-    params = dict(step.params)
+    params = step.sbatch_options()
     params["output"] = str(log_dir / ("%x-%A_%a.out" if step.array else "%x-%j.out"))
     if step.array:
         params["array"] = f"0-{step.array - 1}"
@@ -254,7 +276,10 @@ def render_script(step: Step, log_dir: Path) -> str:
     lines += [sbatch_flag(k, params[k]) for k in sorted(params)]
     lines += ["set -euo pipefail", f': "${{{RUN_DIR_VAR}:?set {RUN_DIR_VAR} to the run directory (kazhpc init CONFIG)}}"']
     lines += [f"# {note}" for note in step.notes]
-    lines += ["", "# setup", *step.setup, "", "# command", *step.command, ""]
+    command = list(step.command)
+    if step.use_srun:  # as submitit runs it: a job step, which is what SLURM's --signal reaches
+        command[-1] = f"srun --unbuffered {command[-1]}"
+    lines += ["", "# setup", *step.setup, "", "# command", *command, ""]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from kazhpc.config import PipelineConfig, flatten
 from kazhpc.errors import KazhpcError
 from kazhpc.launch.cluster import ClusterConfig
 from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, render
+from kazhpc.train.resume import PREEMPTED_EXIT_CODE, signal_number
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +43,78 @@ class ShellStep(_Requeueable):  # type: ignore[misc,valid-type]
     """What a submitit job runs: the step's command lines in bash, with $RUN_DIR set.
 
     The command's output goes straight to the SLURM log (not buffered, unlike CommandFunction).
-    Requeued after preemption, the job runs again and the job itself resumes (training checkpoints).
+
+    Preemption (SLURM's warning signal ahead of the time limit, or `scancel --signal`): submitit's
+    own handler would requeue and exit at once, and leaving ``subprocess`` kills the child, perhaps
+    half-way through saving a checkpoint. So while the command runs, this process holds the signal:
+
+    * a job that saves on it (train, ``preemption_signal``) gets it forwarded, and is waited for; it
+      exits 75 (or, several ranks under torchrun, records PREEMPTED in run.json) once its checkpoint
+      is on disk, and only then does submitit's handler requeue the job, which resumes from there;
+    * any other job is stopped (SIGTERM) and requeued; it runs again from the start.
+
+    Bash itself ignores the signal (``trap ''``; Python's handler in the train job replaces that)
+    so that a signal sent to every process of the step does not kill the shell between the two.
     """
 
-    def __init__(self, name: str, command: list[str], run_dir: str):
+    def __init__(self, name: str, command: list[str], run_dir: str, job: str | None = None,
+                 preemption_signal: str | None = None):
         self.name = name
         self.command = command
         self.run_dir = run_dir
+        self.job = job or name
+        self.preemption_signal = preemption_signal
 
     def __call__(self, task: int | None = None) -> int:
         env = dict(os.environ, **{RUN_DIR_VAR: self.run_dir})
-        script = "set -euo pipefail\n" + "\n".join(self.command)
-        code = subprocess.run(["bash", "-c", script], env=env).returncode
-        if code != 0:
-            raise StepFailed(f"step {self.name}" + (f" task {task}" if task is not None else "") + f" exited with {code}")
-        return code
+        signum = signal_number(self.preemption_signal or "USR2")
+        script = f"set -euo pipefail\ntrap '' {signum.name.removeprefix('SIG')}\n" + "\n".join(self.command)
+        started = time.time()
+        process = subprocess.Popen(["bash", "-c", script], env=env, start_new_session=True)
+        received: list[int] = []
+
+        def hold(sig: int, frame: Any) -> None:
+            received.append(sig)
+            log.warning("step %s: received %s; %s", self.name, signal.Signals(sig).name,
+                        "passing it on and waiting for the checkpoint" if self.preemption_signal else "stopping it")
+            _signal_group(process.pid, sig if self.preemption_signal else signal.SIGTERM)
+
+        requeue_handler = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint_and_try_requeue
+        previous = signal.signal(signum, hold)
+        try:
+            code = process.wait()
+        except BaseException:
+            _signal_group(process.pid, signal.SIGTERM)
+            raise
+        finally:
+            signal.signal(signum, previous)
+        if code == 0:
+            return 0
+        preempted = (code == PREEMPTED_EXIT_CODE or self._recorded_preempted(since=started)
+                     or bool(received and not self.preemption_signal))
+        where = f"step {self.name}" + (f" task {task}" if task is not None else "")
+        if preempted and callable(requeue_handler):
+            log.warning("%s: preempted (exit %s); requeueing it through submitit", where, code)
+            requeue_handler(signal.SIGUSR2, None)  # requeues and exits this process
+        raise StepFailed(f"{where} exited with {code}" + (" (preempted, not requeued: not under submitit)" if preempted else ""))
+
+    def _recorded_preempted(self, since: float) -> bool:
+        """Several ranks exit 75 each, but torchrun reports 1: run.json says what this attempt did
+        (not an earlier one: a job that now crashes before it starts is not requeued for ever)."""
+        from kazhpc.runner import read_state
+
+        try:
+            state = read_state(Path(self.run_dir)).get("jobs", {}).get(self.job, {})
+        except (OSError, ValueError):
+            return False
+        return state.get("status") == "PREEMPTED" and float(state.get("finished") or 0) >= since
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the child leads its own process group (start_new_session)
+    except ProcessLookupError:
+        pass
 
 
 def submission_path(run_dir: Path) -> Path:
@@ -170,9 +229,9 @@ def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[
     submitted: list[dict[str, Any]] = []
     for step in steps:
         depends = [ids[a] for a in step.after if a in ids]
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(step.extra)
         if depends:
-            extra = {"dependency": "afterok:" + ":".join(depends), "kill_on_invalid_dep": "yes"}
+            extra.update({"dependency": "afterok:" + ":".join(depends), "kill_on_invalid_dep": "yes"})
         executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm")  # one per step: no settings leak
         executor.update_parameters(
             slurm_setup=step.setup,
@@ -180,7 +239,7 @@ def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[
             slurm_use_srun=step.use_srun,
             **{f"slurm_{key}": value for key, value in step.params.items()},
         )
-        function = ShellStep(step.name, step.command, str(run_dir))
+        function = ShellStep(step.name, step.command, str(run_dir), step.job, step.preemption_signal)
         try:
             if step.array:
                 jobs = executor.map_array(function, list(range(step.array)))

@@ -278,7 +278,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     finally:
         preemption.uninstall()
     if preemption.requested:
-        preemption.hand_over(last_checkpoint(checkpoints))  # requeues, raises Preempted
+        preemption.hand_over(last_checkpoint(checkpoints))  # raises Preempted (requeued on the way out)
     seconds = time.time() - started
     adapter_dir = ctx.job_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # on every rank: under ZeRO-3 it gathers the sharded LoRA weights

@@ -7,8 +7,8 @@ of the current optimizer step and stop. The train job then hands over to whoever
 
 * under submitit, the handler that was installed before ours (submitit's ``checkpoint_and_try_requeue``)
   is called when the job runs in submitit's own process; when it runs as a child process
-  (kazhpc.launch.submit's ShellStep), submitit's process got the same signal and requeues: nothing
-  more to do here;
+  (kazhpc.launch.submit's ShellStep), that process waits for this one to exit and then requeues:
+  nothing more to do here;
 * under plain SLURM, :func:`requeue_if_slurm` runs ``scontrol requeue $SLURM_JOB_ID``;
 
 and the job ends with :class:`Preempted` (exit status :data:`PREEMPTED_EXIT_CODE`). When the job
@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
@@ -38,14 +39,30 @@ PREEMPTED_EXIT_CODE = 75
 
 #: For tests and drills: raise the preemption signal in-process after this optimizer step.
 PREEMPT_AFTER_STEP_ENV = "KAZHPC_PREEMPT_AFTER_STEP"
+#: For drills of the delivery path: after this step, wait (up to 10 min) for the signal to come from
+#: outside (`scancel --signal=USR2 JOB`), logging "waiting for the preemption signal at step N".
+WAIT_FOR_SIGNAL_AT_STEP_ENV = "KAZHPC_WAIT_FOR_SIGNAL_AT_STEP"
+DRILL_WAIT_S = 600
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class Preempted(KazhpcError):
-    """Training stopped on the preemption signal after saving a checkpoint; the job was requeued."""
+    """Training stopped on the preemption signal after saving a checkpoint; the job is to be requeued.
+
+    The requeue itself waits for :meth:`requeue` (kazhpc.runner.job_entry calls it once run.json and
+    MLflow have recorded the preemption): `scontrol requeue` ends the running job at once.
+    """
 
     exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, message: str, requeue: Callable[[], Any] | None = None) -> None:
+        super().__init__(message)
+        self._requeue = requeue
+
+    def requeue(self) -> None:
+        if self._requeue is not None:
+            self._requeue()
 
 
 def signal_number(name: str) -> signal.Signals:
@@ -132,6 +149,16 @@ class PreemptionHandler:
     def requested(self) -> bool:
         return self.requested_at is not None
 
+    def wait_for_signal(self, step: int, args: Any) -> None:
+        """The delivery drill: hold at ``step`` until the signal arrives from outside (SLURM)."""
+        rank = getattr(args, "process_index", 0)
+        # print, not log: the drill's driver reads it from the SLURM log, whatever the log level.
+        print(f"kazhpc: rank {rank} waiting for the preemption signal at step {step}", flush=True)
+        deadline = time.monotonic() + DRILL_WAIT_S
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(0.2)
+        print(f"kazhpc: rank {rank} {'got' if self.requested else 'timed out waiting for'} the signal", flush=True)
+
     # -- the trainer side ---------------------------------------------------------------------
 
     def callback(self) -> Any:
@@ -140,11 +167,14 @@ class PreemptionHandler:
 
         handler = self
         drill_step = int(os.environ.get(PREEMPT_AFTER_STEP_ENV, "0") or 0)
+        wait_step = int(os.environ.get(WAIT_FOR_SIGNAL_AT_STEP_ENV, "0") or 0)
 
         class PreemptionCallback(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 if drill_step and state.global_step == drill_step and not handler.requested:
                     signal.raise_signal(handler.signum)  # the real handler path, raised in-process
+                if wait_step and state.global_step == wait_step:
+                    handler.wait_for_signal(state.global_step, args)
                 if _any_rank(handler.requested, args):
                     control.should_save = True
                     control.should_training_stop = True
@@ -154,25 +184,30 @@ class PreemptionHandler:
         return PreemptionCallback()
 
     def hand_over(self, checkpoint: Path | None) -> None:
-        """After the trainer saved and stopped: let submitit or SLURM requeue, then raise Preempted."""
+        """After the trainer saved and stopped: raise Preempted, carrying who requeues the job."""
         step = self.stopped_at_step
         if checkpoint is None:
             raise KazhpcError(f"train: preempted at step {step} but no checkpoint was saved")
         previous = self.previous
+        requeue: Callable[[], Any] | None = None
         if callable(previous) and previous is not signal.default_int_handler:
-            # submitit's handler checkpoints its submission, requeues and exits the process.
-            log.warning("preempted at step %s, %s saved; handing over to the previous signal handler", step, checkpoint)
-            previous(self.signum, None)
-        if under_submitit():
-            # The train job runs as a child of submitit's job process, whose own USR2 handler
-            # requeues the job (kazhpc.launch.submit); a second `scontrol requeue` would race it.
-            requeued, how = True, "submitit requeues the job"
+            # Run in submitit's own process: its handler checkpoints the submission, requeues, exits.
+            how = "the previous signal handler (submitit's) requeues the job"
+            signum = self.signum
+
+            def requeue() -> None:
+                previous(signum, None)
+        elif under_submitit():
+            # A child of submitit's job process (kazhpc.launch.submit.ShellStep), which requeues once
+            # this process has exited; a `scontrol requeue` here would end the job under it.
+            how = "submitit requeues the job"
+        elif os.environ.get("SLURM_JOB_ID"):
+            how, requeue = "the SLURM job is requeued", requeue_if_slurm
         else:
-            requeued, how = requeue_if_slurm(), "the SLURM job was requeued"
-        raise Preempted(
-            f"train: preempted at step {step}; checkpoint {checkpoint} saved"
-            + (f"; {how} and it resumes from there" if requeued else "; run the job again to resume")
-        )
+            how = "run the job again to resume"
+        log.warning("preempted at step %s, %s saved; %s", step, checkpoint, how)
+        raise Preempted(f"train: preempted at step {step}; checkpoint {checkpoint} saved; {how}"
+                        + (" and it resumes from there" if "requeue" in how else ""), requeue)
 
 
 def keep_trainable_dtypes_on_resume(trainer: Any) -> None:
