@@ -203,6 +203,11 @@ class DecontaminationConfig(Strict):
         default_factory=list, description="evaluation items (JSONL with question/choices, or plain text)"
     )
     ngram: int = Field(8, ge=3, description="word n-gram length that counts as overlap")
+    evaluation_files: bool = Field(
+        True,
+        description="also the local files of this pipeline's evaluate section (data_overrides, task paths, "
+        "perplexity texts, generation prompts) when evaluate is among its jobs",
+    )
 
     @field_validator("files")
     @classmethod
@@ -475,6 +480,13 @@ class EvaluateConfig(Strict):
         if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"baseline: '{self.baseline}' is not a model label{_suggest(self.baseline, labels)}")
         return self
+
+    def local_files(self) -> list[str]:
+        """Every local file this job reads (what preprocess decontaminates training data against)."""
+        files = [t.path for t in self.tasks if isinstance(t, EvalTaskConfig) and t.path]
+        files += list(self.data_overrides.values())
+        files += [f for f in (self.perplexity_texts, self.generation_prompts) if f and not f.startswith("builtin:")]
+        return list(dict.fromkeys(files))
 
 
 class PipelineConfig(Strict):

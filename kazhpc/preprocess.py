@@ -89,8 +89,9 @@ class _RecordCleaner:
         model = cfg.model
         self.tokenizer = _tokenizer(model.source, model.revision, model.chat_template, cfg.cache_root)
         self.ident = LanguageIdentifier(max_chars=200) if self.cleaning.language_id.enabled else None
-        files = self.cleaning.decontamination.files
-        self.decontam = Decontaminator(self.cleaning.decontamination) if files else None
+        files = decontamination_files(cfg)
+        decontam = self.cleaning.decontamination.model_copy(update={"files": files})
+        self.decontam = Decontaminator(decontam) if files else None
         self.near = NearDuplicateIndex(self.cleaning.dedup)
         self.fixes: Counter[str] = Counter()  # characters or texts changed, by step
         self.rows_fixed: Counter[str] = Counter()  # records changed, by step
@@ -174,6 +175,16 @@ class _RecordCleaner:
 
 #: Records formatted per tokenizer call.
 FORMAT_BATCH = 128
+
+
+def decontamination_files(cfg: PipelineConfig) -> list[str]:
+    """The evaluation items training rows are checked against: ``decontamination.files``, plus (by
+    default) every local file the pipeline's own evaluate job reads. Tasks whose data comes from
+    the hub are not covered here; list their local copies in ``decontamination.files``."""
+    files = list(cfg.preprocess.cleaning.decontamination.files)
+    if cfg.preprocess.cleaning.decontamination.evaluation_files and "evaluate" in cfg.jobs:
+        files += [f for f in cfg.evaluate.local_files() if f not in files]
+    return files
 
 
 def run_part(cfg: PipelineConfig, out_dir: Path, index: int, count: int) -> Path:
@@ -465,6 +476,7 @@ def _manifest(
             "dropped_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         },
         "per_source": per_source,
+        "decontaminated_against": decontamination_files(cfg),
         "cleaning": {"fixes": dict(sorted(fixes.items())), "rows_fixed": dict(sorted(rows_fixed.items()))},
         "languages": {
             "answer_language_detected": dict(sorted(langs.items())),
@@ -492,9 +504,10 @@ def preflight(cfg: PipelineConfig) -> list[str]:
             raise KazhpcError(f"preprocess.sources[{source.name}].path: {source.path}: file not found")
         if source.hub is not None and os.environ.get("HF_HUB_OFFLINE") != "1" and not Path(source.hub).exists():
             warnings.append(f"source '{source.name}': '{source.hub}' will be fetched from the hub unless cached")
-    for path in cfg.preprocess.cleaning.decontamination.files:
+    for path in decontamination_files(cfg):
         if not Path(path).is_file():
-            raise KazhpcError(f"preprocess.cleaning.decontamination.files: {path}: file not found")
+            where = "decontamination.files" if path in cfg.preprocess.cleaning.decontamination.files else "evaluate (a local file)"
+            raise KazhpcError(f"preprocess.cleaning.{where}: {path}: file not found")
     return warnings
 
 

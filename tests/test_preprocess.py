@@ -148,6 +148,28 @@ def test_every_step_is_switchable(override: str, check, affects: set, tmp_path: 
     assert {r: dropped(manifest).get(r) for r in unaffected} == unaffected  # the other steps count as before
 
 
+def test_training_rows_are_checked_against_the_evaluate_jobs_own_files(tmp_path: Path, model_cache: Path) -> None:
+    """With evaluate among the jobs, the local files it reads are decontamination files by default:
+    a training answer that reappears in the generation prompts is dropped, and the manifest lists
+    every file checked; `evaluation_files: false`, or no evaluate job, leaves it out."""
+    first = json.loads((DATA / "muri_kk.jsonl").read_text("utf-8").splitlines()[0])
+    prompts = tmp_path / "prompts_kk.txt"
+    prompts.write_text("Мына мәтінді жалғастырыңыз: " + first["output"].split(".")[0] + ".\n", encoding="utf-8")
+    base = [f"evaluate.generation_prompts={prompts}", "preprocess.cleaning.decontamination.files=[]"]
+    cfg = config(tmp_path, model_cache, *base)
+    manifest = preprocess(cfg, tmp_path / "on")
+    assert manifest["decontaminated_against"] == cfg.evaluate.local_files()
+    assert str(prompts) in manifest["decontaminated_against"]
+    eval_dir = REPO / "tests" / "fixtures" / "eval"
+    assert {str(eval_dir / name) for name in ("dastur_mc.jsonl", "belebele_kaz.jsonl", "kk_en.jsonl")} <= set(
+        manifest["decontaminated_against"])  # the smoke suite's data overrides and translation task
+    (hit,) = [r for r in rejects(tmp_path / "on") if r["reason"] == "contaminated"]
+    assert Path(hit["origin"]).name == "muri_kk.jsonl:1" and hit["detail"] == f"8-gram overlap with {prompts}:1"
+    for off in ("preprocess.cleaning.decontamination.evaluation_files=false", "jobs=[preprocess,train]"):
+        manifest = preprocess(config(tmp_path, model_cache, *base, off), tmp_path / off.split("=")[0])
+        assert manifest["decontaminated_against"] == [] and "contaminated" not in dropped(manifest), off
+
+
 def test_exact_dedup_alone_and_no_dedup(tmp_path: Path, model_cache: Path) -> None:
     both_off = preprocess(config(tmp_path, model_cache, "preprocess.cleaning.dedup.exact=false", "preprocess.cleaning.dedup.near=false"), tmp_path / "a")
     assert not {"duplicate", "near_duplicate"} & set(both_off["counts"]["dropped_by_reason"])

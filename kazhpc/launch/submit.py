@@ -193,6 +193,7 @@ def submit(
     steps = plan(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
     if shutil.which("sbatch") is None:
         raise KazhpcError("sbatch not found: submit from a SLURM login node (or `kazhpc render` the scripts)")
+    fresh = run_dir is None
     run_dir = run_dir or new_run_dir(cfg)
     run_dir = run_dir.absolute()
 
@@ -203,7 +204,17 @@ def submit(
     slurm_dir = run_dir / "slurm"
     attempt = len(json.loads(submission_path(run_dir).read_text())["attempts"]) if submission_path(run_dir).is_file() else 0
     render(steps, slurm_dir / f"sbatch-{attempt}", run_dir / "config.yaml", [])  # the same steps as plain sbatch
-    submitted = _submit_steps(steps, run_dir, slurm_dir / "logs")
+    try:
+        submitted = _submit_steps(steps, run_dir, slurm_dir / "logs")
+    except KazhpcError as exc:  # sbatch refused a step; what was queued before it is cancelled
+        if parent_id is not None:
+            JobRun(tracker, PARENT_KEY, parent_id).set_tags({"kazhpc.error": str(exc)[:5000]})
+            if fresh:
+                tracker.finish_pipeline("FAILED")
+        if not fresh:
+            raise
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran in it: no empty run left behind
+        raise KazhpcError(f"{exc}; removed the new run directory {run_dir}") from None
 
     record = read_submission(run_dir) if submission_path(run_dir).is_file() else {
         "run_dir": str(run_dir), "cluster": cluster.name, "cluster_file": str(Path(cluster_path).absolute()),
