@@ -6,7 +6,7 @@ the BPE learns on ``IOB2_valid`` plus the first 80% of ``IOB2_test``; the last 2
 ``IOB2_test`` (whole articles, never trained on) is the held-out text. English: the GPL-3 text
 that Debian ships (``/usr/share/common-licenses/GPL-3``), one line per passage.
 
-    .venv/bin/python benchmarks/vocab_extension.py [--new-tokens 16000] [--adapt-steps 16]
+    .venv/bin/python benchmarks/vocab_extension.py [--new-tokens 16000] [--adapt-steps 32] [--init-scale 0.7]
 
 Everything is measured by the extend-vocab job itself (``kazhpc.tokenization.extend_job``), run
 through the pipeline runner; this script only prepares the text files and prints the job's
@@ -46,8 +46,10 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=16000)
     parser.add_argument("--k-curve", default="4000,8000,16000,32000")
     parser.add_argument("--bpc-texts", type=int, default=32)
-    parser.add_argument("--adapt-steps", type=int, default=16)
-    parser.add_argument("--adapt-batch-size", type=int, default=4)
+    parser.add_argument("--adapt-steps", type=int, default=32)
+    parser.add_argument("--adapt-batch-size", type=int, default=8)
+    parser.add_argument("--adapt-max-length", type=int, default=128)
+    parser.add_argument("--init-scale", type=float, default=0.7)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-vocab")
     args = parser.parse_args()
     if not (KAZNERD / "IOB2_test.txt").is_file():
@@ -71,7 +73,8 @@ def main() -> int:
             f"extend_vocab.bpc_texts={args.bpc_texts}",
             f"extend_vocab.adapt_steps={args.adapt_steps}",
             f"extend_vocab.adapt_batch_size={args.adapt_batch_size}",
-            "extend_vocab.adapt_max_length=64",
+            f"extend_vocab.adapt_max_length={args.adapt_max_length}",
+            f"extend_vocab.init_scale={args.init_scale}",
         ],
     )
     started = time.time()

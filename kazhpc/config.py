@@ -298,7 +298,10 @@ class ExtendVocabConfig(Strict):
     bpc_texts: int = Field(64, ge=0, description="held-out texts scored for bits per character; 0 skips the model")
     max_length: int = Field(256, gt=0, description="tokens per scored text")
     dtype: Dtype = Field("float32", description="dtype for scoring and adaptation (saved in model.dtype)")
-    adapt_steps: int = Field(20, ge=0, description="steps of the short adaptation run; 0 skips it")
+    init_scale: float = Field(
+        0.7, gt=0, le=2, description="new row = init_scale x the mean of its pieces' rows (docs/benchmarks.md)"
+    )
+    adapt_steps: int = Field(32, ge=0, description="steps of the short adaptation run; 0 skips it")
     adapt_batch_size: int = Field(8, gt=0)
     adapt_learning_rate: float = Field(1e-3, gt=0)
     adapt_max_length: int = Field(128, gt=0)

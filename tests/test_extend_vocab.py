@@ -234,7 +234,7 @@ def test_the_job_measures_its_effect(pipeline: Path) -> None:
 
 
 @pytest.mark.slow
-def test_new_rows_are_the_mean_of_their_pieces(pipeline: Path, model_cache: Path, gemma_tokenizer) -> None:
+def test_new_rows_are_the_scaled_mean_of_their_pieces(pipeline: Path, model_cache: Path, gemma_tokenizer) -> None:
     import torch
     from safetensors import safe_open
 
@@ -255,7 +255,9 @@ def test_new_rows_are_the_mean_of_their_pieces(pipeline: Path, model_cache: Path
     for token_id, token, pieces in (rows[0], rows[77], rows[-1]):
         ids = base_tok.convert_tokens_to_ids(pieces.split(" "))
         assert "".join(pieces.split(" ")) == token and len(ids) >= 2
-        expected = base[ids].float().mean(0).to(new.dtype)
+        scale = manifest["model"]["scale"]
+        assert scale == 0.7  # the default init_scale
+        expected = (scale * base[ids].float().mean(0)).to(new.dtype)
         assert torch.equal(new[int(token_id)], expected)
 
 
@@ -266,6 +268,8 @@ def test_the_train_job_fine_tunes_the_extended_model(pipeline: Path) -> None:
     train = json.loads((pipeline / "train" / "manifest.json").read_text())
     assert train["base_model"] == str(pipeline / "extend-vocab" / "model")
     assert train["new_token_rows_trained"] == 150
+    card = (pipeline / "train" / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert f"(config hash {train['config_hash']})" in card  # the run's, not the swapped model config's
     assert train["loss_check"]["adapter"] < train["loss_check"]["base"]
     with safe_open(str(pipeline / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
         token_keys = [k for k in f.keys() if "trainable_tokens" in k]

@@ -215,7 +215,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     bpc: dict[str, Any] = {"texts": len(probe)}
     if probe:
         bpc["base"] = bits_per_char(model, base_tok, probe, section.max_length)
-    init = resize_and_initialise(model, ext)
+    init = resize_and_initialise(model, ext, section.init_scale)
     if probe:
         bpc["initialised"] = bits_per_char(model, tokenizer, probe, section.max_length)
     model.to(getattr(torch, cfg.model.dtype)).save_pretrained(str(model_dir))

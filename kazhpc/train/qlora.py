@@ -197,7 +197,8 @@ def answer_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
     return total / max(count, 1)
 
 
-def _model_card(cfg: PipelineConfig, manifest: dict[str, Any]) -> str:
+def _model_card(cfg: PipelineConfig, manifest: dict[str, Any], config_hash: str) -> str:
+    """``config_hash``: the run's own (with extend-vocab, ``cfg`` points at the extended model)."""
     check = manifest["loss_check"]
     fmt = lambda value: "not checked" if value is None else f"{value:.4f}"  # noqa: E731
     return f"""---
@@ -208,7 +209,7 @@ tags: [kazhpc, qlora, kazakh]
 ---
 # {cfg.name}: {cfg.model.name} + LoRA for Kazakh
 
-Trained by kazhpc (config hash {cfg.config_hash()}) with QLoRA
+Trained by kazhpc (config hash {config_hash}) with QLoRA
 ({cfg.train.quantization.quant_type if cfg.train.quantization else 'no quantization'}), LoRA r={cfg.train.lora.r},
 alpha={cfg.train.lora.alpha}, on {manifest['train_rows']} conversations, loss on the answers only.
 
@@ -334,7 +335,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "adapter_tensors": adapter_tensors,
         "distributed": {"world_size": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": cfg.train.distributed.deepspeed},
     }
-    (adapter_dir / "README.md").write_text(_model_card(cfg, manifest), encoding="utf-8")
+    (adapter_dir / "README.md").write_text(_model_card(cfg, manifest, ctx.cfg.config_hash()), encoding="utf-8")
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(adapter_dir.iterdir())}
     ctx.tracking.log_artifact(adapter_dir, artifact_path="adapter")
     return manifest
