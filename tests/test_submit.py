@@ -159,22 +159,22 @@ def test_step_refused_by_sbatch_cancels_the_steps_before_it_and_leaves_no_run(lo
     half-made run directory is left behind (its MLflow parent run says FAILED, and why)."""
     profile = tmp_path / "big.yaml"
     text = (REPO / LOCAL).read_text().replace("memory_gb: 16", "memory_gb: 4000")
-    profile.write_text(text.replace("train: {time: \"01:00:00\", cpus: 2, mem_gb: 8}",
-                                    "train: {time: \"01:00:00\", cpus: 2, mem_gb: 3000}"))
+    profile.write_text(text.replace("preprocess: {time: \"00:20:00\", cpus: 1, mem_gb: 3}",
+                                    "preprocess: {time: \"00:20:00\", cpus: 1, mem_gb: 3000}"))
     assert "mem_gb: 3000" in profile.read_text()
     runs_root = tmp_path / "runs"
     before = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
-    refused = kazhpc("submit", SMOKE, f"runs_root={runs_root}", "jobs=[tokenizers,train]", "--cluster", str(profile))
+    refused = kazhpc("submit", SMOKE, f"runs_root={runs_root}", "jobs=[tokenizers,preprocess]", "--cluster", str(profile))
     assert refused.returncode == 2, refused.stdout + refused.stderr
     message = " ".join(refused.stderr.split())
-    assert "sbatch refused step train (" in message and "cancelled 1 step(s) queued before it" in message, message
+    assert "sbatch refused step preprocess (" in message and "cancelled 1 step(s) queued before it" in message, message
     assert "removed the new run directory" in message
-    assert [p for p in runs_root.iterdir() if p.is_dir()] == []
+    assert [p for p in runs_root.iterdir() if p.name.startswith("smoke-")] == []  # MLflow's own store stays
     queued = set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
     assert queued - before == set()  # the tokenizers job was taken back
     client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
     (parent,) = client.search_runs([client.get_experiment_by_name("kazhpc-smoke").experiment_id])
-    assert parent.info.status == "FAILED" and "sbatch refused step train" in parent.data.tags["kazhpc.error"]
+    assert parent.info.status == "FAILED" and "sbatch refused step preprocess" in parent.data.tags["kazhpc.error"]
 
 
 def test_preempted_training_saves_requeues_and_resumes(local_slurm: str, tmp_path: Path, model_cache: Path,
