@@ -7,7 +7,9 @@ so that a mistake costs seconds rather than a queue wait.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 
 class KazhpcError(Exception):
@@ -40,3 +42,18 @@ def read_user_text(path: Path, what: str, error: type[KazhpcError] = KazhpcError
         raise error(f"{path}: {what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def jsonl_objects(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of a JSONL file that must be all objects;
+    the first line that is not fails as '<path>:<line>: malformed JSON (...)' or names its type."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KazhpcError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise KazhpcError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row

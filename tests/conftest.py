@@ -6,12 +6,18 @@ at once (which is itself under test in test_models.py): every model test reads t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -115,3 +121,31 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> di
     assert result.returncode == 0, result.stderr[-4000:]
     (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir() and p.name.startswith("smoke-")]
     return {"runs_root": runs_root, "result": result, "run_dir": run_dir}
+
+
+@contextlib.contextmanager
+def kazhpc_ui(runs_root: Path, config: str = "configs/pipelines/smoke.yaml") -> Iterator[str]:
+    """`kazhpc ui` (a real MLflow server) on a run store, once it answers /health; yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kazhpc = str(Path(sys.executable).parent / "kazhpc")
+    server = subprocess.Popen(
+        [kazhpc, "ui", config, f"runs_root={runs_root}", "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else "the MLflow UI exited"
+                assert time.time() < deadline, "the MLflow UI did not answer /health in 120 s"
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

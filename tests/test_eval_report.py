@@ -302,7 +302,7 @@ def test_stderr_na_from_lm_eval_means_no_stderr() -> None:
 def test_malformed_samples_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text('{"doc_id": 0, "acc": 1}\n{"doc_id": 1, "acc": \n')
-    with pytest.raises(KazhpcError, match=f"{path}:2: not valid JSON"):
+    with pytest.raises(KazhpcError, match=f"{path}:2: malformed JSON"):
         read_samples(path, "acc")
     path.write_text('{"doc_id": 0, "acc": 1}\n\n{"doc_id": 0, "acc": 0}\n')
     with pytest.raises(KazhpcError, match=f"{path}:3: doc_id 0 appears twice"):

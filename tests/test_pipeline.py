@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, kazhpc_ui
 
 KAZHPC = str(Path(sys.executable).parent / "kazhpc")
 pytestmark = pytest.mark.slow
@@ -111,30 +111,10 @@ def test_bad_input_fails_before_any_job(tmp_path: Path) -> None:
 
 def test_ui_serves_the_run_tree(smoke_run: dict) -> None:
     """`kazhpc ui` starts a real MLflow server on the run's store, and it lists both runs."""
-    import os
-    import signal
-    import time
     import urllib.parse
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [KAZHPC, "ui", "configs/pipelines/smoke.yaml", f"runs_root={smoke_run['runs_root']}", "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.time() < deadline, "the MLflow UI did not answer /health in 120 s"
-                time.sleep(1)
+    with kazhpc_ui(smoke_run["runs_root"]) as base:
         query = urllib.parse.urlencode({"experiment_name": "kazhpc-smoke"})
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as reply:
             experiment_id = json.load(reply)["experiment"]["experiment_id"]
@@ -147,9 +127,6 @@ def test_ui_serves_the_run_tree(smoke_run: dict) -> None:
         assert set(names) == {"prepare-model", "preprocess", "smoke", "tokenizers", "train", "evaluate"}
         with urllib.request.urlopen(base + "/", timeout=10) as reply:  # the UI page itself
             assert "<html" in reply.read().decode("utf-8", "replace").lower()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_job_scripts_do_not_shadow_installed_modules() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, kazhpc_ui
 from kazhpc.config import load_config
 from kazhpc.runner import read_state, registry
 
@@ -294,32 +294,8 @@ class Chromium:
 @pytest.fixture
 def mlflow_ui(smoke_submission: dict):
     """`kazhpc ui` on the submission's tracking store."""
-    import os
-    import signal
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [KAZHPC, "ui", SMOKE, f"runs_root={smoke_submission['runs_root']}", "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "the MLflow UI did not start"
-                time.sleep(1)
+    with kazhpc_ui(smoke_submission["runs_root"], SMOKE) as base:
         yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_mlflow_ui_shows_the_run_tree_and_metric_charts(smoke_submission: dict, mlflow_ui: str, tmp_path: Path) -> None:

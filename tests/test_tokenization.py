@@ -253,7 +253,7 @@ def test_other_bad_input(tmp_path: Path) -> None:
     with pytest.raises(KazhpcError, match=r"missing\.txt: corpus not found"):
         read_corpus(CorpusSpec(tmp_path / "missing.txt"))
     (tmp_path / "bad.jsonl").write_text('{"kk": "Сәлем"}\n{"kk": \n', encoding="utf-8")
-    with pytest.raises(KazhpcError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(KazhpcError, match=r"bad\.jsonl:2: malformed JSON"):
         read_corpus(CorpusSpec(tmp_path / "bad.jsonl"))
     (tmp_path / "mono.jsonl").write_text('{"text": "Сәлем", "id": 1}\n', encoding="utf-8")
     with pytest.raises(KazhpcError, match=r"no row has the field 'txt' \(fields: id, text\)"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from kazhpc.errors import KazhpcError
+from kazhpc.evaluation.batches import padded_batch
 from kazhpc.models import check_single_bos
 
 if TYPE_CHECKING:
@@ -85,12 +86,7 @@ def greedy_generator(
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
                 batch = encoded[start : start + batch_size]
-                width = max(len(ids) for ids in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
-                    input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                    attention[row, width - len(ids) :] = 1
+                input_ids, attention = padded_batch(batch, pad, left=True)
                 out = model.generate(
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention.to(model.device),
@@ -102,7 +98,7 @@ def greedy_generator(
                     eos_token_id=stop or None,
                     pad_token_id=pad,
                 )
-                answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                answers += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
         return [a.strip() for a in answers]
 
     # Shown under the title of the side-by-side page, so a reader knows how the answers were made.

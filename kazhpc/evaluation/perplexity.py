@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from kazhpc.evaluation.batches import padded_batch
 from kazhpc.models import check_single_bos
 
 if TYPE_CHECKING:
@@ -87,13 +88,7 @@ def score_texts(
     tokens = 0
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
+            input_ids, attention = padded_batch(encoded[start : start + batch_size], pad)
             logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
             targets = input_ids[:, 1:]
             mask = attention[:, 1:].bool()

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import KazhpcError, jsonl_objects
 from kazhpc.evaluation.translation import CORPUS_METRICS, paired_difference
 
 #: Metrics whose scores are proportions in [0, 1]: shown as percentages, differences in points.
@@ -149,16 +149,8 @@ def read_samples(path: Path, metric: str, filter_name: str | None = None) -> dic
     out: dict[int, Any] = {}
     chosen = filter_name
     with Path(path).open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        for number, row in jsonl_objects(lines, path):
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KazhpcError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise KazhpcError(f"{where}: expected a JSON object, got {type(row).__name__}")
             if "filter" in row:
                 chosen = row["filter"] if chosen is None else chosen
                 if row["filter"] != chosen:

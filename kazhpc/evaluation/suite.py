@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import KazhpcError, jsonl_objects
 from kazhpc.evaluation import prompts
 
 if TYPE_CHECKING:
@@ -308,15 +307,8 @@ def check_local_file(path: str, what: str) -> None:
     if p.stat().st_size == 0 or (p.suffix == ".jsonl" and not p.read_text(encoding="utf-8").strip()):
         raise KazhpcError(f"{what}: {path}: empty file (no rows)")
     if p.suffix == ".jsonl":
-        for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KazhpcError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise KazhpcError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        for _ in jsonl_objects(p.read_text(encoding="utf-8").splitlines(), path):
+            pass  # every row parses as an object, or the first that does not is named
 
 
 def check_documents(task: Any, spec: TaskSpec) -> None:

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from kazhpc.data.text import nfc, word_count
-from kazhpc.errors import KazhpcError, read_user_text
+from kazhpc.errors import KazhpcError, jsonl_objects, read_user_text
 from kazhpc.tokenization.offline import TokenizerAdapter, load_tokenizer_by_name
 
 __all__ = [
@@ -160,19 +160,6 @@ def _clean(value: object, where: str) -> str:
     return normalize(value.strip())
 
 
-def _jsonl_rows(text: str, path: Path) -> Iterable[tuple[int, dict]]:
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KazhpcError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise KazhpcError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
-
-
 def _looks_like_iob2(text: str) -> bool:
     lines = [line for line in text.splitlines()[:200] if line.strip()]
     if not lines:
@@ -206,7 +193,7 @@ def read_corpus(spec: CorpusSpec, languages: Iterable[str] = LANGUAGES) -> Corpu
         if not spec.field:
             raise KazhpcError(f"{path}: a jsonl corpus needs a field (the key that holds the text)")
         texts, seen_keys, found = [], set(), False
-        for number, row in _jsonl_rows(text, path):
+        for number, row in jsonl_objects(text.splitlines(), path):
             seen_keys.update(row)
             if spec.field in row:
                 found = True
@@ -259,7 +246,7 @@ def _read_parallel(text: str, path: Path, wanted: list[str]) -> dict[str, list[s
         for number, row in enumerate(reader, 2):
             rows.append((f"{path}:{number}", {(k or "").strip(): v for k, v in row.items()}))
     else:
-        for number, row in _jsonl_rows(text, path):
+        for number, row in jsonl_objects(text.splitlines(), path):
             columns.extend(k for k in row if k not in columns)
             rows.append((f"{path}:{number}", row))
     if "kk" not in columns:
