@@ -6,6 +6,7 @@ for the same parameters, so `kazhpc render` and `kazhpc submit` cannot drift apa
 from __future__ import annotations
 
 import re
+import shlex
 import textwrap
 import subprocess
 import sys
@@ -170,7 +171,8 @@ def test_rendered_a100_scripts(tmp_path: Path) -> None:
     for line in ["#SBATCH --partition=gpu", "#SBATCH --account=kazllm", "#SBATCH --qos=normal",
                  "#SBATCH --constraint=a100", "#SBATCH --gpus-per-node=a100:4", "#SBATCH --time=1440",
                  "#SBATCH --mem=256GB", "#SBATCH --cpus-per-task=32", "module load apptainer",
-                 'export HF_HUB_OFFLINE="1"', "#SBATCH --signal=USR2@90", "#SBATCH --requeue"]:
+                 'export HF_HUB_OFFLINE="1"', "#SBATCH --signal=USR2@90", "#SBATCH --requeue",
+                 "#SBATCH --open-mode=append"]:
         assert line in train.splitlines(), line
     # A job step, as submitit runs it: SLURM's warning signal goes to steps (the batch shell would die of it).
     container = re.search(r"^srun --unbuffered apptainer exec --nv --bind (\S+) --pwd /opt/kazhpc /scratch/kazhpc/kazhpc-0.1.0.sif "
@@ -298,3 +300,33 @@ def test_step_without_a_checkpoint_is_stopped_and_requeued(tmp_path: Path) -> No
     done = _preempt(tmp_path, "echo ready; sleep 120", "")
     assert done.returncode == 3 and "REQUEUE saved=False" in done.stdout, done.stdout + done.stderr
     assert time.time() - started < 30  # stopped, not waited for
+
+
+@pytest.mark.parametrize("recorded_before_start", [False, True])
+def test_ranks_preempted_under_torchrun_are_requeued_from_run_json(tmp_path: Path, recorded_before_start: bool) -> None:
+    """Several ranks each exit 75 but torchrun reports 1: the runner's PREEMPTED in run.json, written
+    by this attempt, is what says the job saved and wants its requeue; one left by an earlier
+    attempt is not (a job that now fails before it starts must not be requeued for ever)."""
+    from kazhpc.runner import _set_job_state
+
+    if recorded_before_start:
+        _set_job_state(tmp_path, "train", status="PREEMPTED", finished=1.0)
+        command = "exit 1"
+    else:
+        record = ("import os, time; from pathlib import Path; from kazhpc.runner import _set_job_state; "
+                  "_set_job_state(Path(os.environ['RUN_DIR']), 'train', status='PREEMPTED', finished=time.time())")
+        command = f"{shlex.quote(sys.executable)} -c {shlex.quote(record)}; exit 1"  # what rank 0's runner does
+    code = textwrap.dedent(f"""
+        import signal, sys
+        from kazhpc.launch.submit import ShellStep, StepFailed
+        signal.signal(signal.SIGUSR2, lambda s, f: (print("REQUEUE", flush=True), sys.exit(3)))
+        try:
+            ShellStep("train", [{command!r}], {str(tmp_path)!r}, "train", "USR2")()
+        except StepFailed as exc:
+            print("FAILED", exc)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    if recorded_before_start:
+        assert done.returncode == 0 and "FAILED step train exited with 1" in done.stdout, done.stdout + done.stderr
+    else:
+        assert done.returncode == 3 and "REQUEUE" in done.stdout, done.stdout + done.stderr

@@ -238,9 +238,11 @@ PREEMPTION_WARNING_S = 90
 
 def _preemption(cfg: PipelineConfig) -> dict[str, Any]:
     """The train job saves on the warning signal: SLURM sends it to the job's steps (not B:, the
-    batch shell, which would die of it) ahead of the time limit, and the job may be requeued."""
+    batch shell, which would die of it) ahead of the time limit, and the job may be requeued (its
+    log then continues: open-mode append, as submitit writes it too)."""
     sig = cfg.train.preemption_signal
-    return {"preemption_signal": sig, "extra": {"signal": f"{sig}@{PREEMPTION_WARNING_S}", "requeue": True}}
+    extra = {"signal": f"{sig}@{PREEMPTION_WARNING_S}", "requeue": True, "open_mode": "append"}
+    return {"preemption_signal": sig, "extra": extra}
 
 
 def distributed_launch_hook() -> tuple[Any, Any]:

@@ -40,7 +40,7 @@ PREEMPTED_EXIT_CODE = 75
 #: For tests and drills: raise the preemption signal in-process after this optimizer step.
 PREEMPT_AFTER_STEP_ENV = "KAZHPC_PREEMPT_AFTER_STEP"
 #: For drills of the delivery path: after this step, wait (up to 10 min) for the signal to come from
-#: outside (`scancel --signal=USR2 JOB`), logging "waiting for the preemption signal at step N".
+#: outside (`scancel --signal=USR2 JOB`), printing "waiting for the preemption signal at step N".
 WAIT_FOR_SIGNAL_AT_STEP_ENV = "KAZHPC_WAIT_FOR_SIGNAL_AT_STEP"
 DRILL_WAIT_S = 600
 
@@ -50,8 +50,8 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 class Preempted(KazhpcError):
     """Training stopped on the preemption signal after saving a checkpoint; the job is to be requeued.
 
-    The requeue itself waits for :meth:`requeue` (kazhpc.runner.job_entry calls it once run.json and
-    MLflow have recorded the preemption): `scontrol requeue` ends the running job at once.
+    The requeue itself waits for :meth:`requeue` (kazhpc.cli.report_errors calls it on the way out,
+    once run.json and MLflow have recorded the preemption): `scontrol requeue` ends the job at once.
     """
 
     exit_code = PREEMPTED_EXIT_CODE
