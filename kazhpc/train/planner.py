@@ -14,18 +14,23 @@ exact. It counts, per GPU:
   two fp32 Adam moments (16 bytes per trainable weight).
 * **activations** for ``per_device_batch_size × max_length`` tokens (packing fills every row; padded
   batches use less), in the compute dtype, for eager attention (Gemma-3 keeps the full
-  ``heads × seq`` probability matrix per token, softmax in fp32; with padding-free packing "seq" is
-  the whole flattened batch); with gradient checkpointing only each layer's input is kept, plus one
-  layer recomputed during backward.
-* **logits and loss**: Gemma-3's 262k-entry vocabulary makes this the largest term at long
-  sequences: bf16 logits, their fp32 copy and the fp32 log-softmax kept for backward (10 bytes per
-  vocabulary entry per token). This is why the reference's batch 12 did not fit a 40 GB A100.
+  ``heads × seq`` probability matrix per token: 8 bytes per entry in bf16, measured; with
+  padding-free packing "seq" is the whole flattened batch); with gradient checkpointing only each
+  layer's input is kept, plus one layer recomputed during backward.
+* **loss**: trl's SFTTrainer (pinned) computes it through its fused LM head
+  (``trl.kernels.chunked_logprob``): the ``tokens × 262k`` logits are never materialised, only tiles
+  of 4096 tokens × 32768 vocabulary entries, plus an fp32 gradient of the final hidden states. A stack
+  that materialises fp32 logits needs 4 bytes × 262k per token in one allocation: 24 GiB at batch
+  12 × 2048 tokens, more than the 22 GiB the reference project's 40 GB A100 had free when its batch
+  12 failed (17 GiB allocated by PyTorch): most likely what it ran out on.
 * a fixed **overhead** (CUDA context, cuBLAS workspace, allocator) and a 10 % fragmentation margin on
-  activations.
+  activations and loss.
 
-Not counted: CPU memory, communication buffers beyond ZeRO-3's live layer, kernels that chunk the
-loss (Liger), and the gap between ``torch.cuda.max_memory_allocated`` and ``nvidia-smi``. Compare a
-prediction with a measured peak before trusting it at the edge.
+Checked against measured peaks (``torch.cuda.max_memory_allocated``) of 4B and 12B on an H200
+(docs/benchmarks.md; tests/test_planner.py keeps the estimate above them and within 30 %).
+Not counted: CPU memory, communication buffers beyond ZeRO-3's live layer, and the gap between
+``max_memory_allocated`` and ``nvidia-smi``. Compare a prediction with a measured peak before
+trusting it at the edge.
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ if TYPE_CHECKING:
 GB = 2**30
 OVERHEAD_BYTES = 1.0 * GB
 FRAGMENTATION = 1.10
-LOSS_BYTES_PER_VOCAB_ENTRY = 10  # bf16 logits (2) + fp32 copy (4) + fp32 log-softmax kept for backward (4)
+#: trl.kernels.chunked_logprob's tile: TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary entries.
+LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
+#: Bytes per attention-probability entry with eager attention, beyond the compute dtype's copy kept
+#: for the product with V: the fp32 softmax output and one more compute-dtype copy. Measured (4B and
+#: 12B on an H200, benchmarks/train_throughput.py --suite memory): 8 bytes per entry in bf16.
+ATTENTION_EXTRA_BYTES = 4
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -196,11 +206,18 @@ def activation_bytes(arch: Architecture, tokens: int, seq: int, dtype_bytes: int
     # Norm inputs/outputs and residuals (6h), q/k/v and attention output (q + 2kv + q), MLP gate,
     # up, activation and product (4i); LoRA dropout keeps a copy of each adapted input (4h + q + i).
     per_token = dtype_bytes * (6 * h + 2 * q + 2 * kv + 4 * i + ((4 * h + q + i) if lora_dropout else 0))
-    per_token += (4 + dtype_bytes) * arch.num_heads * seq  # attention probabilities, fp32 softmax + cast
+    per_token += (ATTENTION_EXTRA_BYTES + 2 * dtype_bytes) * arch.num_heads * seq  # attention probabilities
     one_layer = per_token * tokens
     if checkpointing:
         return arch.num_layers * dtype_bytes * h * tokens + one_layer
     return arch.num_layers * one_layer
+
+
+def loss_bytes(arch: Architecture, tokens: int, dtype_bytes: int) -> float:
+    """trl's fused LM head: one logits tile in the compute dtype and its fp32 view in the gradient
+    GEMMs, plus the final hidden states' fp32 gradient and compute-dtype copy."""
+    tile = min(tokens, LOSS_TILE_TOKENS) * min(arch.vocab_size, LOSS_TILE_VOCAB)
+    return tile * (dtype_bytes + 4) + tokens * arch.hidden_size * (4 + dtype_bytes)
 
 
 @dataclass(frozen=True)
@@ -223,7 +240,7 @@ class Plan:
     weights_gb: float
     trainable_states_gb: float
     activations_gb: float
-    logits_gb: float
+    loss_gb: float
     overhead_gb: float
     total_gb: float
     fits: bool
@@ -275,8 +292,8 @@ def estimate(cfg: PipelineConfig, per_device_batch_size: int | None = None, arch
     # it (the block-diagonal mask is materialised); flash-attention's varlen kernels do not.
     attn_span = tokens if t.packing and cfg.model.attn_implementation != "flash_attention_2" else t.max_length
     activations = FRAGMENTATION * activation_bytes(arch, tokens, attn_span, dtype_bytes, t.gradient_checkpointing, t.lora.dropout > 0)
-    logits = FRAGMENTATION * LOSS_BYTES_PER_VOCAB_ENTRY * arch.vocab_size * tokens
-    total = weights + states + activations + logits + OVERHEAD_BYTES
+    loss = FRAGMENTATION * loss_bytes(arch, tokens, dtype_bytes)
+    total = weights + states + activations + loss + OVERHEAD_BYTES
     plan = Plan(
         model=cfg.model.name, arch_source=arch_source, nodes=dist.nodes, gpus_per_node=dist.gpus_per_node,
         deepspeed=dist.deepspeed, zero_stage=stage,
@@ -284,7 +301,7 @@ def estimate(cfg: PipelineConfig, per_device_batch_size: int | None = None, arch
         per_device_batch_size=batch, max_length=t.max_length, gradient_checkpointing=t.gradient_checkpointing,
         gpu_memory_gb=dist.gpu_memory_gb, total_params_b=round(arch.total_params / 1e9, 3),
         trainable_params_m=round(trainable / 1e6, 2), weights_gb=weights / GB, trainable_states_gb=states / GB,
-        activations_gb=activations / GB, logits_gb=logits / GB, overhead_gb=OVERHEAD_BYTES / GB,
+        activations_gb=activations / GB, loss_gb=loss / GB, overhead_gb=OVERHEAD_BYTES / GB,
         total_gb=total / GB, fits=total / GB <= dist.gpu_memory_gb, max_batch_that_fits=0,
     )
     return plan
@@ -330,7 +347,7 @@ def fit_warning(cfg: PipelineConfig) -> str | None:
 COLUMNS = [
     ("model", "model"), ("GPUs", None), ("ZeRO", None), ("batch x len", None), ("ckpt", None),
     ("weights", "weights_gb"), ("LoRA+optim", "trainable_states_gb"), ("activ.", "activations_gb"),
-    ("logits", "logits_gb"), ("total GB", "total_gb"), ("GPU GB", "gpu_memory_gb"), ("fits", None), ("max batch", "max_batch_that_fits"),
+    ("loss", "loss_gb"), ("total GB", "total_gb"), ("GPU GB", "gpu_memory_gb"), ("fits", None), ("max batch", "max_batch_that_fits"),
 ]
 
 
@@ -341,7 +358,7 @@ def table_rows(plans: list[Plan]) -> list[list[str]]:
         rows.append([
             p.model, f"{p.nodes}x{p.gpus_per_node}", zero, f"{p.per_device_batch_size} x {p.max_length}",
             "yes" if p.gradient_checkpointing else "no", f"{p.weights_gb:.2f}", f"{p.trainable_states_gb:.2f}",
-            f"{p.activations_gb:.2f}", f"{p.logits_gb:.2f}", f"{p.total_gb:.1f}", f"{p.gpu_memory_gb:g}",
+            f"{p.activations_gb:.2f}", f"{p.loss_gb:.2f}", f"{p.total_gb:.1f}", f"{p.gpu_memory_gb:g}",
             "yes" if p.fits else "NO", str(p.max_batch_that_fits),
         ])
     return rows
