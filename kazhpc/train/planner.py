@@ -50,9 +50,9 @@ OVERHEAD_BYTES = 1.0 * GB
 FRAGMENTATION = 1.10
 #: trl.kernels.chunked_logprob's tile: TOKEN_CHUNK_SIZE tokens x _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary entries.
 LOSS_TILE_TOKENS, LOSS_TILE_VOCAB = 4096, 32768
-#: Bytes per attention-probability entry with eager attention, beyond the compute dtype's copy kept
-#: for the product with V: the fp32 softmax output and one more compute-dtype copy. Measured (4B and
-#: 12B on an H200, benchmarks/train_throughput.py --suite memory): 8 bytes per entry in bf16.
+#: Eager attention keeps, per probability entry, the fp32 softmax output (these 4 bytes) and two
+#: compute-dtype copies (the one the product with V saves, and one more). Measured on 4B and 12B on
+#: an H200 (benchmarks/train_throughput.py --suite memory): 8 bytes per entry in bf16.
 ATTENTION_EXTRA_BYTES = 4
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
