@@ -112,9 +112,10 @@ def lm_eval_cli(tmp: Path, data: Path) -> float:
         dataset_path: json
         dataset_kwargs: {{data_files: {{test: {data}}}}}
         """), encoding="utf-8")
+    from kazhpc.config import default_cache_root
     from kazhpc.models import bundled_checkpoint_dir
 
-    model_dir = bundled_checkpoint_dir("gemma3-270m", Path(os.environ.get("KAZHPC_CACHE", Path.home() / ".cache" / "kazhpc")))
+    model_dir = bundled_checkpoint_dir("gemma3-270m", default_cache_root())
     return run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=bfloat16,attn_implementation=eager",
                 "--tasks", "kk_dastur_mc_local", "--include_path", str(include), "--device", "cpu",
                 "--batch_size", "4", "--output_path", str(tmp / "lm_eval_out")], threads=1)

@@ -69,6 +69,7 @@ def write(name: str, out: Path, like: Path) -> Path:
 
 
 def main() -> None:
+    from kazhpc.config import default_cache_root
     from kazhpc.models import bundled_checkpoint_dir
     from kazhpc.train.planner import GEMMA3
 
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--like", type=Path, help="a real Gemma-3 checkpoint dir (tokenizer, template); default: the bundled 270M")
     args = parser.parse_args()
-    like = args.like or bundled_checkpoint_dir("gemma3-270m", Path.home() / ".cache" / "kazhpc")
+    like = args.like or bundled_checkpoint_dir("gemma3-270m", default_cache_root())
     print(write(args.name, args.out, like))
 
 

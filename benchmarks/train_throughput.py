@@ -37,8 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from preprocess_throughput import KAZNERD, sentences  # the sibling benchmark's KazNERD reader
+
+from kazhpc.config import default_cache_root
+
 REPO = Path(__file__).resolve().parent.parent
-KAZNERD = REPO.parent / "shared" / "data" / "kaznerd" / "IOB2_valid.txt"
 WARMUP_STEPS = 2
 
 VARIANTS: dict[str, list[str]] = {
@@ -65,14 +68,7 @@ MEMORY_POINTS: dict[str, list[str]] = {
 def conversations(rows: int, text: Path = KAZNERD, answer_sentences: int = 0) -> list[list[dict[str, str]]]:
     """Varied answers of 1-4 sentences, or of ``answer_sentences`` (long enough to fill max_length)."""
     if text.is_file():
-        sents, words = [], []
-        for line in text.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                if words:
-                    sents.append(" ".join(words).replace(" ,", ",").replace(" .", "."))
-                words = []
-            else:
-                words.append(line.split()[0])
+        sents = sentences(text)
     else:  # the fixtures: fewer distinct rows, same shape
         sents = [json.loads(line)["output"] for line in (REPO / "tests" / "fixtures" / "data" / "muri_kk.jsonl").read_text().splitlines()]
     if len(sents) < 7 + answer_sentences:
@@ -220,7 +216,7 @@ def main() -> None:
     parser.add_argument("--source", help="a checkpoint directory for that model (e.g. from benchmarks/random_gemma3.py)")
     parser.add_argument("--text", type=Path, default=KAZNERD, help="KazNERD IOB2 file the conversations come from")
     parser.add_argument("--only", help="comma-separated indices of the variants to run (default: all)")
-    parser.add_argument("--cache", default=os.environ.get("KAZHPC_CACHE", str(Path.home() / ".cache" / "kazhpc")))
+    parser.add_argument("--cache", default=str(default_cache_root()))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.variant:
@@ -233,7 +229,7 @@ def main() -> None:
         names += list(GPU_VARIANTS)
     if args.only:
         names = [names[int(i)] for i in args.only.split(",")]
-    passed = [a for a in sys.argv[1:]]
+    passed = sys.argv[1:]
     results = []
     for name in names:
         proc = subprocess.run([sys.executable, __file__, *passed, "--variant", name], capture_output=True, text=True,

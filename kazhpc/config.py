@@ -492,6 +492,11 @@ class EvaluateConfig(Strict):
         return list(dict.fromkeys(files))
 
 
+def default_cache_root() -> Path:
+    """Where models and caches live unless a config sets cache_dir: $KAZHPC_CACHE, else ~/.cache/kazhpc."""
+    return Path(os.environ.get("KAZHPC_CACHE", Path.home() / ".cache" / "kazhpc")).absolute()
+
+
 class PipelineConfig(Strict):
     """A whole pipeline run: which jobs, on which model, logged where."""
 
@@ -560,7 +565,7 @@ class PipelineConfig(Strict):
     def cache_root(self) -> Path:
         if self.cache_dir is not None:
             return self.cache_dir
-        return Path(os.environ.get("KAZHPC_CACHE", Path.home() / ".cache" / "kazhpc")).absolute()
+        return default_cache_root()
 
     def resolved_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON-able data (what jobs receive and MLflow stores)."""
