@@ -169,8 +169,8 @@ def test_rendered_a100_scripts(tmp_path: Path) -> None:
                 assert "$" not in line, line
     train = (out / "05-train.sbatch").read_text()
     for line in ["#SBATCH --partition=gpu", "#SBATCH --account=kazllm", "#SBATCH --qos=normal",
-                 "#SBATCH --constraint=a100", "#SBATCH --gpus-per-node=a100:4", "#SBATCH --time=1440",
-                 "#SBATCH --mem=256GB", "#SBATCH --cpus-per-task=32", "module load apptainer",
+                 "#SBATCH --constraint=a100", "#SBATCH --gpus-per-node=a100:1", "#SBATCH --time=1440",
+                 "#SBATCH --mem=120GB", "#SBATCH --cpus-per-task=16", "module load apptainer",
                  'export HF_HUB_OFFLINE="1"', "#SBATCH --signal=USR2@90", "#SBATCH --requeue",
                  "#SBATCH --open-mode=append"]:
         assert line in train.splitlines(), line
@@ -179,6 +179,8 @@ def test_rendered_a100_scripts(tmp_path: Path) -> None:
                           r"python jobs/train.py --run-dir \"\$RUN_DIR\"$", train, re.MULTILINE)
     assert container, train
     assert "/scratch" in container.group(1).split(",")
+    # The host shell stands in the submit directory (bound), never in the image's /opt/kazhpc.
+    assert f"cd {REPO}" in train.splitlines() and "cd /opt/kazhpc" not in train
     parts = (out / "03-preprocess-parts.sbatch").read_text()
     assert "#SBATCH --array=0-3" in parts.splitlines()
     assert "--nv" not in parts and "#SBATCH --gpus-per-node" not in parts  # CPU job on the GPU cluster
@@ -211,7 +213,7 @@ def test_multi_gpu_training_uses_the_distributed_launch() -> None:
     (train,) = [s for s in plan(cfg, load_cluster(A100)) if s.name == "train"]
     assert train.use_srun is False
     assert train.params["nodes"] == 2 and train.params["ntasks_per_node"] == 1
-    assert train.params["gpus_per_node"] == "a100:4" and train.params["cpus_per_task"] == 32
+    assert train.params["gpus_per_node"] == "a100:4" and train.params["cpus_per_task"] == 16  # the profile's
     script = "\n".join(train.command)
     assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in script
     assert "apptainer exec --nv --bind" in script and "accelerate.commands.launch" in script

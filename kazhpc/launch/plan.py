@@ -45,6 +45,9 @@ class Step:
     preemption_signal: str | None = None
     #: sbatch options submitit has no parameter for (its slurm_additional_parameters).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: One-line warnings about this step's request ('file:line: jobs.train.gpus: ...'); render
+    #: writes them into the script, and the callers of plan() show them (plan_warnings).
+    warnings: list[str] = field(default_factory=list)
 
     def sbatch_options(self) -> dict[str, Any]:
         """Every option of the step's #SBATCH lines, as submitit and `kazhpc render` both write them."""
@@ -119,6 +122,51 @@ def container_prefix(cfg: PipelineConfig, cluster: ClusterConfig, gpus: int) -> 
     return words
 
 
+def host_workdir(cluster: ClusterConfig) -> str:
+    """Where a step's shell stands on the host before its command.
+
+    Without a container: this checkout, whose jobs/ the command names. With one: the submit
+    directory (relative config paths were resolved against it, and binds_for binds it), which
+    exists on the host; the container's workdir, where the image keeps jobs/, need not exist
+    there, so it goes to the runtime instead (apptainer --pwd, docker -w; container_prefix).
+    """
+    return str(REPO) if cluster.container.runtime == "none" else str(Path.cwd())
+
+
+#: GPUs any job but train uses: each loads its model on one device (cuda:0) or on the CPU.
+SINGLE_JOB_GPUS = 1
+
+
+def gpus_used(cfg: PipelineConfig, cluster: ClusterConfig, job: str) -> tuple[int, str | None]:
+    """GPUs per node that ``job`` will use, and a one-line warning when the profile asks otherwise.
+
+    The step requests what the job uses, never more: train runs train.distributed.gpus_per_node
+    processes per node (one GPU each) and every other job at most one GPU, so a profile asking
+    for four would leave three idle for the whole job. A profile asking for none keeps the job
+    on the CPU (a one-process train as much as the other jobs); a multi-GPU train asks for
+    train.distributed's GPUs whatever the profile says (the node's count is the ceiling).
+    """
+    asked = cluster.resources(job).gpus
+    dist = cfg.train.distributed
+    if job == "train" and (dist.world_size > 1 or asked):
+        used = dist.gpus_per_node
+        why = f"train.distributed.gpus_per_node is {used}"
+        hint = f" (to train on {asked}, set train.distributed.gpus_per_node={asked})" if asked > used else ""
+    else:
+        used = min(asked, SINGLE_JOB_GPUS)
+        why, hint = f"{job} uses at most {SINGLE_JOB_GPUS}", ""
+    if used == asked:
+        return used, None
+    where = cluster.where("jobs", job, "gpus")
+    return used, (f"{where}: jobs.{job}.gpus: {asked} GPU{'s' * (asked != 1)} per node asked, but {why}; "
+                  f"requesting {used}, not {asked}{hint}")
+
+
+def plan_warnings(steps: list[Step]) -> list[str]:
+    """The warnings of a plan, each once (a job's parts and merge share theirs)."""
+    return list(dict.fromkeys(w for step in steps for w in step.warnings))
+
+
 def _shell(words: list[str]) -> str:
     """Quote words for bash, leaving '"$VAR..."' words to expand on the node."""
     return " ".join(w if w.startswith('"$') else shlex.quote(w) for w in words)
@@ -168,37 +216,40 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
                 f"the container; add a bind that contains it{more}"
             )
     python = cluster.python or ("python" if cluster.container.runtime != "none" else sys.executable)
-    workdir = image_dir if cluster.container.runtime != "none" else str(REPO)
+    # Job scripts are named relative to the directory the command starts in: this checkout
+    # without a container, the container's workdir inside one (--pwd / -w, container_prefix).
+    host_dir = host_workdir(cluster)
     steps: list[Step] = []
     previous: tuple[str, ...] = ()
     for job in selected:
         if job not in scripts:
             raise KazhpcError(f"job '{job}' has no entry point under {REPO / 'jobs'} (jobs/*.py calling job_entry)")
         res = cluster.resources(job)
+        gpus, warning = gpus_used(cfg, cluster, job)
+        warnings = [warning] if warning else []
         script = f"jobs/{scripts[job]}"
         run = [python, script, "--run-dir", f'"${RUN_DIR_VAR}"']
         n = shards_of(cfg, job)
         if n > 1 and specs[job].part is not None:
-            prefix = container_prefix(cfg, cluster, res.gpus)
+            prefix = container_prefix(cfg, cluster, gpus)
             part = Step(
-                name=f"{job}-parts", job=job, params=_sbatch_params(cluster, f"{job}-parts", res, gpus=res.gpus),
-                setup=setup_lines(cluster), array=n, after=previous,
-                command=[f"cd {shlex.quote(workdir)}", _shell([*prefix, *run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'])],
+                name=f"{job}-parts", job=job, params=_sbatch_params(cluster, f"{job}-parts", res, gpus=gpus),
+                setup=setup_lines(cluster), array=n, after=previous, warnings=warnings,
+                command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'])],
             )
             merge_res = res.model_copy(update={"gpus": 0})
             merge = Step(
                 name=job, job=job, params=_sbatch_params(cluster, job, merge_res), setup=setup_lines(cluster),
                 after=(part.name,),
-                command=[f"cd {shlex.quote(workdir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
+                command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
             )
             steps += [part, merge]
         elif job == "train" and cfg.train.distributed.world_size > 1:
-            steps.append(_distributed_train(cfg, cluster, res, python, workdir, previous))
+            steps.append(_distributed_train(cfg, cluster, res, python, host_dir, previous, warnings))
         else:
-            gpus = res.gpus
             steps.append(Step(
                 name=job, job=job, params=_sbatch_params(cluster, job, res, gpus=gpus), setup=setup_lines(cluster),
-                after=previous, command=[f"cd {shlex.quote(workdir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
+                after=previous, warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
                 **(_preemption(cfg) if job == "train" else {}),
             ))
         previous = (steps[-1].name,)
@@ -206,7 +257,8 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
 
 
 def _distributed_train(
-    cfg: PipelineConfig, cluster: ClusterConfig, res: JobResources, python: str, workdir: str, after: tuple[str, ...]
+    cfg: PipelineConfig, cluster: ClusterConfig, res: JobResources, python: str, host_dir: str, after: tuple[str, ...],
+    warnings: list[str],
 ) -> Step:
     """Multi-GPU / multi-node training: TRAIN-DIST's launch script (srun + accelerate launch) as the body."""
     dist = cfg.train.distributed
@@ -226,7 +278,7 @@ def _distributed_train(
             params[key] = value
     return Step(
         name="train", job="train", params=params, setup=setup_lines(cluster), after=after, use_srun=False,
-        command=[f"cd {shlex.quote(workdir)}", *body.strip().splitlines()],
+        warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", *body.strip().splitlines()],
         notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.distributed"],
         **_preemption(cfg),
     )
@@ -278,6 +330,7 @@ def render_script(step: Step, log_dir: Path) -> str:
     lines += [sbatch_flag(k, params[k]) for k in sorted(params)]
     lines += ["set -euo pipefail", f': "${{{RUN_DIR_VAR}:?set {RUN_DIR_VAR} to the run directory (kazhpc init CONFIG)}}"']
     lines += [f"# {note}" for note in step.notes]
+    lines += [f"# warning: {warning}" for warning in step.warnings]
     command = list(step.command)
     if step.use_srun:  # as submitit runs it: a job step, which is what SLURM's --signal reaches
         command[-1] = f"srun --unbuffered {command[-1]}"
@@ -287,7 +340,12 @@ def render_script(step: Step, log_dir: Path) -> str:
 
 def render(steps: list[Step], out_dir: Path, config: Path, overrides: list[str]) -> list[Path]:
     """Write one sbatch script per step and submit.sh, which chains them with afterok dependencies."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KazhpcError(f"{out_dir}: is a file; give a folder for the sbatch scripts (-o)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, read-only file system
+        raise KazhpcError(f"{out_dir}: cannot create the folder for the sbatch scripts ({exc.strerror})") from None
     log_dir = (out_dir / "logs").absolute()
     written = []
     variables: dict[str, str] = {}
@@ -304,8 +362,7 @@ def render(steps: list[Step], out_dir: Path, config: Path, overrides: list[str])
     ]
     for index, step in enumerate(steps, start=1):
         path = out_dir / f"{index:02d}-{step.name}.sbatch"
-        path.write_text(render_script(step, log_dir), encoding="utf-8")
-        path.chmod(0o755)
+        _write_script(path, render_script(step, log_dir))
         written.append(path)
         var = "JOB_" + re.sub(r"\W", "_", step.name).upper()
         variables[step.name] = var
@@ -314,6 +371,13 @@ def render(steps: list[Step], out_dir: Path, config: Path, overrides: list[str])
         submit.append(f"{var}=$(sbatch --parsable{flag} {path.name})")
         submit.append(f'echo "{step.name}: ${var}"')
     submit_path = out_dir / "submit.sh"
-    submit_path.write_text("\n".join(submit) + "\n", encoding="utf-8")
-    submit_path.chmod(0o755)
+    _write_script(submit_path, "\n".join(submit) + "\n")
     return [*written, submit_path]
+
+
+def _write_script(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+    except OSError as exc:  # a folder of that name, no permission, a full disk
+        raise KazhpcError(f"{path}: cannot write the script ({exc.strerror})") from None

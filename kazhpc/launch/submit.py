@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from kazhpc.config import PipelineConfig, flatten
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import ClusterConfig
-from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, render
+from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, plan_warnings, render
 from kazhpc.train.resume import PREEMPTED_EXIT_CODE, signal_number
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,13 @@ def read_submission(run_dir: Path) -> dict[str, Any]:
     path = submission_path(run_dir)
     if not path.is_file():
         raise KazhpcError(f"{run_dir}: no {SUBMISSION} (this run was not submitted with kazhpc submit)")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise KazhpcError(f"{path}: unreadable ({str(exc).splitlines()[0]}); kazhpc submit writes this file") from None
+    if not isinstance(record, dict) or not isinstance(record.get("attempts"), list) or not record.get("cluster_file"):
+        raise KazhpcError(f"{path}: not a kazhpc submission record (no 'attempts' list or 'cluster_file')")
+    return record
 
 
 def latest_steps(submission: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -138,18 +144,11 @@ def latest_steps(submission: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def finished_jobs(cfg: PipelineConfig, run_dir: Path) -> list[str]:
-    """Jobs whose outputs can be reused: COMPLETED in run.json with a manifest of this config."""
-    from kazhpc.runner import read_state
+    """Jobs whose outputs can be reused: COMPLETED in run.json from exactly today's inputs (the
+    config, its files, the upstream jobs: kazhpc.runner.up_to_date)."""
+    from kazhpc.runner import up_to_date
 
-    state = read_state(run_dir).get("jobs", {})
-    done = []
-    for job in cfg.jobs:
-        manifest = run_dir / job / "manifest.json"
-        if state.get(job, {}).get("status") != "COMPLETED" or not manifest.is_file():
-            continue
-        if json.loads(manifest.read_text()).get("config_hash") == cfg.config_hash():
-            done.append(job)
-    return done
+    return [job for job in cfg.jobs if up_to_date(cfg, run_dir, job)[0]]
 
 
 def jobs_to_resume(cfg: PipelineConfig, run_dir: Path) -> list[str]:
@@ -159,6 +158,18 @@ def jobs_to_resume(cfg: PipelineConfig, run_dir: Path) -> list[str]:
         if job not in done:
             return list(cfg.jobs[index:])
     return []
+
+
+def check_image(cluster: ClusterConfig) -> None:
+    """An Apptainer image given as a path must be there before its jobs queue: `kazhpc submit`
+    runs on a login node, which sees the file systems the compute nodes read it from (a
+    docker://, oras:// or library:// URI is apptainer's to pull; a Docker tag, the daemon's)."""
+    box = cluster.container
+    if box.runtime == "apptainer" and box.image and "://" not in box.image and not Path(box.image).is_file():
+        raise ConfigError(
+            f"{cluster.where('container', 'image')}: container.image: {box.image} does not exist "
+            f"(build it first: apptainer build {box.image} containers/kazhpc.def)"
+        )
 
 
 def submit(
@@ -191,6 +202,9 @@ def submit(
     else:
         jobs = list(cfg.jobs)
     steps = plan(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
+    for warning in plan_warnings(steps):
+        log.warning(warning)
+    check_image(cluster)
     if shutil.which("sbatch") is None:
         raise KazhpcError("sbatch not found: submit from a SLURM login node (or `kazhpc render` the scripts)")
     fresh = run_dir is None
