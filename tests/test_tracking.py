@@ -2,7 +2,8 @@
 
 No mocks: runs are written by ``kazhpc.tracking.Tracker`` and read back with ``MlflowClient``;
 the offline cases use a closed port and a server that is really terminated mid-run, and the
-journal is replayed with ``sync`` into a fresh sqlite store.
+journal is replayed with ``sync`` into a fresh sqlite store. Section 6 syncs repeatedly (twice,
+after live logging, after the journal grew) into one shared store and counts the copies.
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from mlflow import MlflowClient
 
 from kazhpc import __version__
 from kazhpc.config import TrackingConfig, flatten
-from kazhpc.tracking import PARENT_KEY, Tracker, default_tracking_uri, read_journal, run_tags, sync
+from kazhpc.errors import KazhpcError
+from kazhpc.tracking import (
+    JOURNAL_ID_TAG,
+    PARENT_KEY,
+    JobRun,
+    Tracker,
+    default_tracking_uri,
+    read_journal,
+    run_tags,
+    sync,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "kazhpc-test"
@@ -330,6 +341,12 @@ def test_sqlite_parent_and_child_runs(tmp_path: Path, monkeypatch: pytest.Monkey
     assert _history(client, job2.run_id, "loss") == [(10, 0.5)]
     assert _artifact_paths(client, parent_id) == {"config.yaml"}, "the reused parent got its config twice"
 
+    # The journal synced into the store it was logged to live: nothing to add.
+    result = sync(run_dir, default_tracking_uri(runs_root), EXPERIMENT)
+    assert (result.created, result.sent) == (0, 0)
+    assert result.runs == {PARENT_KEY: parent_id, "job:prepare-model": job.run_id, "job:train": job2.run_id}
+    assert len(_runs(client)[1]) == 2
+
 
 def test_run_tags_without_slurm_and_pinned_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAZHPC_GIT_COMMIT", "feedbeef")
@@ -373,7 +390,9 @@ def test_inactive_tracker_does_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert list(read_journal(run_dir)) == []
     assert not (runs_root / "mlflow.db").exists(), "an inactive tracker created the store"
     assert not (runs_root / "mlartifacts").exists()
-    assert sync(run_dir, f"sqlite:///{tmp_path / 'other.db'}", EXPERIMENT) == {}
+    with pytest.raises(KazhpcError, match="no tracking journal"):
+        sync(run_dir, f"sqlite:///{tmp_path / 'other.db'}", EXPERIMENT)
+    assert not (tmp_path / "other.db").exists(), "a sync with nothing to send opened the store"
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +443,8 @@ def test_server_receives_runs_metrics_and_artifacts(tmp_path: Path, server: Mlfl
 # 4. A server that is never reachable, then `sync`.
 
 
-def _log_offline_job(tracker: Tracker, run_dir: Path, config: Path, steps: range) -> None:
+def _log_job(tracker: Tracker, run_dir: Path, config: Path, steps: range) -> None:
+    """A pipeline of one job, logged through ``tracker`` (live or offline)."""
     tags = run_tags(CONFIG_HASH)
     tracker.start_pipeline("smoke", PARAMS, tags, config)
     job = tracker.job("prepare-model", PARAMS, tags)
@@ -437,7 +457,9 @@ def _log_offline_job(tracker: Tracker, run_dir: Path, config: Path, steps: range
     tracker.finish_pipeline("FINISHED")
 
 
-def test_unreachable_server_then_sync(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_server_then_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, store: tuple[str, Path]
+) -> None:
     caplog.set_level(logging.WARNING, logger="kazhpc.tracking")
     runs_root, run_dir, config = _make_run_dir(tmp_path)
     port = _free_port()  # bound then closed: nothing listens there
@@ -447,7 +469,7 @@ def test_unreachable_server_then_sync(tmp_path: Path, caplog: pytest.LogCaptureF
     tracker = Tracker(cfg, runs_root, run_dir)
     assert tracker.active and not tracker.online
     steps = range(50)
-    _log_offline_job(tracker, run_dir, config, steps)
+    _log_job(tracker, run_dir, config, steps)
     assert time.monotonic() - started < 30, "offline logging should not wait on the network per call"
 
     warnings = _tracking_warnings(caplog)
@@ -465,11 +487,20 @@ def test_unreachable_server_then_sync(tmp_path: Path, caplog: pytest.LogCaptureF
     assert ("end", PARENT_KEY) == kinds[-1]
     assert sum(1 for e in journal if e["event"] == "artifact") == 3
 
+    # Into one store, then into another: the second is a full upload of its own.
+    shared = sync(run_dir, store[0], EXPERIMENT)
     target = f"sqlite:///{tmp_path / 'synced' / 'mlflow.db'}"
     (tmp_path / "synced").mkdir()
-    ids = sync(run_dir, target, EXPERIMENT)
-    assert set(ids) == {PARENT_KEY, "job:prepare-model"}
-    _check_synced_tree(MlflowClient(tracking_uri=target), ids, run_dir, steps, tmp_path / "synced")
+    result = sync(run_dir, target, EXPERIMENT)
+    assert set(result.runs) == {PARENT_KEY, "job:prepare-model"}
+    assert set(result.runs.values()).isdisjoint(shared.runs.values())
+    assert (result.created, result.lines) == (2, len(journal))
+    _check_synced_tree(MlflowClient(tracking_uri=target), result.runs, run_dir, steps, tmp_path / "synced")
+
+    # Again: the same runs, nothing sent, nothing copied.
+    again = sync(run_dir, target, EXPERIMENT)
+    assert (again.runs, again.created, again.sent) == (result.runs, 0, 0)
+    _check_synced_tree(MlflowClient(tracking_uri=target), result.runs, run_dir, steps, tmp_path / "synced")
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,7 +550,194 @@ def test_server_dies_mid_run_then_sync(tmp_path: Path, caplog: pytest.LogCapture
 
     target = f"sqlite:///{tmp_path / 'synced' / 'mlflow.db'}"
     (tmp_path / "synced").mkdir()
-    ids = sync(run_dir, target, EXPERIMENT)
+    ids = sync(run_dir, target, EXPERIMENT).runs
     client = MlflowClient(tracking_uri=target)
     _check_synced_tree(client, ids, run_dir, range(10), tmp_path / "synced")
     assert ids[PARENT_KEY] != parent_id  # a new run tree in the new store
+
+    # The server comes back (its store, on another port): sync completes the runs it has from
+    # before the failure, found by their journal id, instead of adding copies.
+    back = MlflowServer(tmp_path / "dying-server")
+    try:
+        back.wait_healthy()
+        result = sync(run_dir, back.uri, EXPERIMENT)
+        client = MlflowClient(tracking_uri=back.uri)
+        parent, children = _runs(client)
+        assert parent.info.run_id == parent_id and [c.info.run_id for c in children] == [job.run_id]
+        assert result.created == 0 and result.runs == {PARENT_KEY: parent_id, "job:prepare-model": job.run_id}
+        assert _history(client, job.run_id, "loss") == [(s, 3.0 - 0.1 * s) for s in range(10)]
+        assert client.get_run(job.run_id).info.status == "FINISHED"
+        assert _artifact_paths(client, job.run_id) == {"manifest.json", "plots/loss.csv"}
+        assert _artifact_paths(client, parent_id) == {"config.yaml"}
+        assert sync(run_dir, back.uri, EXPERIMENT).sent == 0
+    finally:
+        back.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Sync is idempotent: one copy of each run in a store, however often and whatever was live.
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One sqlite store for the module's sync cases (a new one costs seconds of migrations);
+    each case logs into an experiment of its own."""
+    folder = tmp_path_factory.mktemp("shared-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri, folder
+
+
+@pytest.fixture
+def experiment(request: pytest.FixtureRequest) -> str:
+    return f"sync-{request.node.name}"
+
+
+def _offline_tracker(runs_root: Path, run_dir: Path, experiment: str) -> Tracker:
+    """A tracker whose server is a closed port: it journals and sends nothing."""
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{_free_port()}", experiment=experiment, timeout_s=2)
+    tracker = Tracker(cfg, runs_root, run_dir)
+    assert tracker.active and not tracker.online
+    return tracker
+
+
+def _journal_lines(run_dir: Path) -> int:
+    return len((run_dir / "tracking" / "journal.jsonl").read_text(encoding="utf-8").splitlines())
+
+
+def test_sync_twice_gives_one_copy(tmp_path: Path, store: tuple[str, Path], experiment: str) -> None:
+    uri = store[0]
+    runs_root, run_dir, config = _make_run_dir(tmp_path)
+    _log_job(_offline_tracker(runs_root, run_dir, experiment), run_dir, config, range(20))
+
+    first = sync(run_dir, uri, experiment)
+    assert first.created == 2 and first.sent > 0
+    second = sync(run_dir, uri, experiment)
+    assert (second.runs, second.created, second.sent) == (first.runs, 0, 0)
+    recorded = json.loads((run_dir / "tracking" / "synced.json").read_text())
+    assert recorded[uri]["lines"] == _journal_lines(run_dir) == second.lines
+    assert sorted(recorded[uri]["runs"].values()) == sorted(first.runs.values())
+
+    # Without the record (deleted, or the run directory copied elsewhere) the store's runs are
+    # found by their journal id: still no copy.
+    (run_dir / "tracking" / "synced.json").unlink()
+    third = sync(run_dir, uri, experiment)
+    assert (third.runs, third.created, third.sent) == (first.runs, 0, 0)
+
+    client = MlflowClient(tracking_uri=uri)
+    parent, children = _runs(client, experiment)
+    assert parent.info.run_id == first.runs[PARENT_KEY]
+    assert [c.info.run_id for c in children] == [first.runs["job:prepare-model"]]
+    child = children[0].info.run_id
+    assert _history(client, child, "loss") == [(s, 3.0 - 0.1 * s) for s in range(20)]
+    assert _artifact_paths(client, child) == {"manifest.json", "plots/loss.csv"}
+    assert _artifact_paths(client, parent.info.run_id) == {"config.yaml"}
+    starts = {e["key"]: e["run"] for e in read_journal(run_dir) if e["event"] == "start"}
+    assert parent.data.tags[JOURNAL_ID_TAG] == starts[PARENT_KEY]
+    assert children[0].data.tags[JOURNAL_ID_TAG] == starts["job:prepare-model"]
+
+
+def test_sync_after_live_logging_adds_nothing(tmp_path: Path, store: tuple[str, Path], experiment: str) -> None:
+    uri = store[0]
+    runs_root, run_dir, config = _make_run_dir(tmp_path)
+    tracker = Tracker(TrackingConfig(uri=uri, experiment=experiment), runs_root, run_dir)
+    _log_job(tracker, run_dir, config, range(5))
+    assert tracker.online
+    client = MlflowClient(tracking_uri=uri)
+    parent, children = _runs(client, experiment)
+    assert parent.data.tags[JOURNAL_ID_TAG] and children[0].data.tags[JOURNAL_ID_TAG]
+
+    result = sync(run_dir, uri, experiment)
+    assert (result.created, result.sent) == (0, 0)
+    assert result.runs == {PARENT_KEY: parent.info.run_id, "job:prepare-model": children[0].info.run_id}
+    parent, children = _runs(client, experiment)
+    assert len(children) == 1
+    assert _history(client, children[0].info.run_id, "loss") == [(s, 3.0 - 0.1 * s) for s in range(5)]
+
+
+def test_sync_completes_a_run_logged_partly_live(tmp_path: Path, store: tuple[str, Path], experiment: str) -> None:
+    uri = store[0]
+    runs_root, run_dir, config = _make_run_dir(tmp_path)
+    tags = run_tags(CONFIG_HASH)
+    tracker = Tracker(TrackingConfig(uri=uri, experiment=experiment), runs_root, run_dir)
+    parent_id = tracker.start_pipeline("smoke", PARAMS, tags, config)
+    job = tracker.job("prepare-model", PARAMS, tags)
+    for step in range(3):
+        job.log_metrics({"loss": 3.0 - 0.1 * step}, step=step)
+    # The store goes away: the job's later events reach only the journal.
+    offline = JobRun(_offline_tracker(runs_root, run_dir, experiment), job.key, None, job.uid)
+    for step in range(3, 8):
+        offline.log_metrics({"loss": 3.0 - 0.1 * step}, step=step)
+    offline.log_artifact(run_dir / "prepare-model" / "manifest.json")
+    offline.finish()
+
+    result = sync(run_dir, uri, experiment)
+    assert result.created == 0
+    assert result.runs == {PARENT_KEY: parent_id, "job:prepare-model": job.run_id}
+    client = MlflowClient(tracking_uri=uri)
+    _, children = _runs(client, experiment)
+    assert [c.info.run_id for c in children] == [job.run_id]
+    assert _history(client, job.run_id, "loss") == [(s, 3.0 - 0.1 * s) for s in range(8)]
+    assert _artifact_paths(client, job.run_id) == {"manifest.json"}
+    assert client.get_run(job.run_id).info.status == "FINISHED"
+
+
+def test_sync_after_the_journal_grew(tmp_path: Path, store: tuple[str, Path], experiment: str) -> None:
+    uri = store[0]
+    runs_root, run_dir, config = _make_run_dir(tmp_path)
+    _log_job(_offline_tracker(runs_root, run_dir, experiment), run_dir, config, range(3))
+    first = sync(run_dir, uri, experiment)
+    lines_before = first.lines
+
+    # A later job of the same run directory, logged offline too.
+    later = _offline_tracker(runs_root, run_dir, experiment)
+    assert later.start_pipeline("smoke", PARAMS, run_tags(CONFIG_HASH), config) is None
+    train = later.job("train", {"train.steps": 10}, run_tags(CONFIG_HASH))
+    for step in range(4):
+        train.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    train.finish()
+    later.finish_pipeline("FINISHED")
+    parent_starts = [e for e in read_journal(run_dir) if e["event"] == "start" and e["key"] == PARENT_KEY]
+    assert len(parent_starts) == 1, "a later job started a second pipeline run"
+
+    second = sync(run_dir, uri, experiment)
+    assert second.created == 1 and second.lines > lines_before
+    assert second.runs[PARENT_KEY] == first.runs[PARENT_KEY]
+    assert second.runs["job:prepare-model"] == first.runs["job:prepare-model"]
+    client = MlflowClient(tracking_uri=uri)
+    parent, children = _runs(client, experiment)
+    by_name = {c.info.run_name: c for c in children}
+    assert len(children) == 2 and set(by_name) == {"prepare-model", "train"}
+    assert by_name["train"].info.run_id == second.runs["job:train"]
+    assert by_name["train"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert by_name["train"].data.params == {"train.steps": "10"}
+    assert _history(client, second.runs["job:train"], "loss") == [(s, 1.0 / (s + 1)) for s in range(4)]
+    assert _history(client, first.runs["job:prepare-model"], "loss") == [(s, 3.0 - 0.1 * s) for s in range(3)]
+    assert sync(run_dir, uri, experiment).sent == 0
+
+
+def test_a_job_finding_the_store_up_completes_the_offline_parent(
+    tmp_path: Path, store: tuple[str, Path], experiment: str
+) -> None:
+    """The first job logged offline; the next one finds the store: it gives the store the same
+    parent run (by journal id), and a sync then fills in the first job, with no second parent."""
+    uri = store[0]
+    runs_root, run_dir, config = _make_run_dir(tmp_path)
+    _log_job(_offline_tracker(runs_root, run_dir, experiment), run_dir, config, range(3))
+    live = Tracker(TrackingConfig(uri=uri, experiment=experiment), runs_root, run_dir)
+    parent_id = live.start_pipeline("smoke", PARAMS, run_tags(CONFIG_HASH), config)
+    assert parent_id
+    train = live.job("train", {"train.steps": 10}, run_tags(CONFIG_HASH))
+    train.log_metrics({"loss": 0.5}, step=1)
+    train.finish()
+    assert len([e for e in read_journal(run_dir) if e["event"] == "start" and e["key"] == PARENT_KEY]) == 1
+
+    result = sync(run_dir, uri, experiment)
+    assert result.created == 1  # the offline job's run; the parent and the train run were there
+    assert result.runs[PARENT_KEY] == parent_id and result.runs["job:train"] == train.run_id
+    client = MlflowClient(tracking_uri=uri)
+    parent, children = _runs(client, experiment)
+    assert parent.info.run_id == parent_id
+    assert sorted(c.info.run_name for c in children) == ["prepare-model", "train"]
+    assert _artifact_paths(client, parent_id) == {"config.yaml"}
+    assert parent.info.status == "FINISHED"

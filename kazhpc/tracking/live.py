@@ -1,35 +1,39 @@
-"""MLflow tracking: one parent run per pipeline run, one child run per job.
+"""Live tracking: the Tracker of a pipeline run directory and the JobRun of each job.
 
-* The default store is sqlite under ``runs_root`` (``runs/mlflow.db``), shared by every pipeline
-  run there, so ``kazhpc ui`` shows them all; a server URI in the config replaces it.
-* Runs are addressed by id through ``MlflowClient`` (no global "active run"), so a job in another
-  process or on another node attaches to its pipeline's parent run by the id in ``run.json``.
-* Only global rank 0 logs; other ranks of a distributed job get a tracker that does nothing.
-* Every event is also appended to ``<run_dir>/tracking/journal.jsonl``. If the store cannot be
-  reached (at start or mid-run) the job goes on, says so once, and ``kazhpc sync RUN_DIR``
-  replays the journal into a store later: nothing measured is lost.
+Runs are addressed by id through ``MlflowClient`` (no global "active run"), so a job in another
+process or on another node attaches to its pipeline's parent run by the id in
+``tracking/runs.json``. Only global rank 0 logs. Every event is journaled first
+(:mod:`kazhpc.tracking.journal`), then sent; a store that cannot be reached makes the tracker go
+offline once, and the job goes on.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import math
 import os
+import re
 import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 from kazhpc import __version__
 from kazhpc.config import TrackingConfig
+from kazhpc.tracking.journal import JOURNAL, start_uid
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("kazhpc.tracking")  # one logger for the package, as when it was one module
 
 PARENT_KEY = "pipeline"
 #: Makes the MLflow 3 UI open our experiments in its model-training view (runs, charts), not GenAI traces.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+#: The tag that names a run's journal ``start`` event: how ``sync`` and later jobs find the run in a store.
+JOURNAL_ID_TAG = "kazhpc.journal_id"
 
 
 def global_rank() -> int:
@@ -93,6 +97,25 @@ def param_batches(params: dict[str, Any]) -> Iterator[list[Any]]:
         yield items[start : start + 100]
 
 
+def failure_reason(exc: BaseException) -> str:
+    """A store failure in a few words ('[Errno 111] Connection refused', 'timed out'), rather
+    than MLflow's nested 'API request to ... failed with exception HTTPConnectionPool(...)'."""
+    if isinstance(exc, OSError) and exc.strerror:  # a local file or folder of the store
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).strip()
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]>]+", text)
+    if errno:
+        return errno.group(0).rstrip(" :")
+    if "timed out" in text.lower():
+        return "timed out"
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def journal_id_filter(uid: str) -> str:
+    """An MLflow search filter for the run with this journal id."""
+    return f"tags.`{JOURNAL_ID_TAG}` = '{uid.replace(chr(39), '')}'"
+
+
 class Tracker:
     """The MLflow side of one pipeline run directory."""
 
@@ -105,7 +128,7 @@ class Tracker:
         self.online = self.active
         self._client: Any = None
         self._ids_file = run_dir / "tracking" / "runs.json"
-        self.journal = run_dir / "tracking" / "journal.jsonl"
+        self.journal = run_dir / JOURNAL
         if self.active:
             self.journal.parent.mkdir(parents=True, exist_ok=True)
             self._connect()
@@ -113,20 +136,24 @@ class Tracker:
     # -- connection ----------------------------------------------------------------------------
     def _connect(self) -> None:
         if self.uri.startswith(("http://", "https://")):
-            # Fail fast instead of MLflow's default minutes of retries.
+            # Fail fast instead of MLflow's default minutes of retries (7, backoff factor 2):
+            # a server that dies mid-run costs one failed request, then the job logs offline.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, self.cfg.timeout_s))))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(max(1, self.cfg.timeout_s))))
             try:
                 with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=self.cfg.timeout_s):
                     pass
-            except OSError as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 self._go_offline(exc)
                 return
         elif self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         from mlflow import MlflowClient
 
-        self._client = MlflowClient(tracking_uri=self.uri)
+        try:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        except Exception as exc:  # noqa: BLE001 - an unusable store must not stop the job
+            self._go_offline(exc)
 
     def _go_offline(self, exc: BaseException) -> None:
         if self.online:
@@ -134,7 +161,7 @@ class Tracker:
                 "tracking store %s unreachable (%s): the job continues; its metrics are kept in %s; "
                 "run `kazhpc sync %s` to upload them later",
                 self.uri,
-                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                failure_reason(exc),
                 self.journal,
                 self.run_dir,
             )
@@ -151,9 +178,16 @@ class Tracker:
             return None
 
     def _record(self, event: dict[str, Any]) -> None:
-        event = {"time": time.time(), **event}
-        with self.journal.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        line = json.dumps({"time": time.time(), **event}, ensure_ascii=False, default=str) + "\n"
+        # One O_APPEND write per line: the jobs of a run share this journal, and their lines
+        # must not interleave (a buffered file may split a long line into several writes).
+        data = memoryview(line.encode("utf-8"))
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
 
     # -- run ids -------------------------------------------------------------------------------
     def _ids(self) -> dict[str, str]:
@@ -169,6 +203,22 @@ class Tracker:
         tmp = self._ids_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"uri": self.uri, "runs": ids}, indent=2))
         os.replace(tmp, self._ids_file)
+
+    def _journal_parent_uid(self) -> str | None:
+        """The journal id of the pipeline run that an earlier job of this run directory started."""
+        uid = None
+        if self.journal.is_file():
+            with self.journal.open(encoding="utf-8", errors="replace", newline="\n") as lines:
+                for number, line in enumerate(lines, 1):
+                    if PARENT_KEY not in line or '"start"' not in line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:  # `kazhpc sync` reports a broken line; a job need not stop for it
+                        continue
+                    if isinstance(event, dict) and event.get("event") == "start" and event.get("key") == PARENT_KEY:
+                        uid = start_uid(event, number, self.run_dir)
+        return uid
 
     def _experiment_id(self) -> str | None:
         if not self.online or self._client is None:
@@ -193,24 +243,45 @@ class Tracker:
             self._go_offline(exc)
             return None
 
+    def _find_run(self, uid: str) -> str | None:
+        """The id of the run with this journal id in the store, if an earlier job created it there."""
+        experiment_id = self._experiment_id()
+        if experiment_id is None:
+            return None
+        found = self._send("search_runs", [experiment_id], filter_string=journal_id_filter(uid), max_results=1)
+        return found[0].info.run_id if found else None
+
     # -- public API ----------------------------------------------------------------------------
     def start_pipeline(
         self, name: str, params: dict[str, Any], tags: dict[str, str], config_file: Path | None = None
     ) -> str | None:
-        """Create the parent run once per run directory; later calls (other jobs) reuse it."""
+        """Create the parent run once per run directory; later calls (other jobs) reuse it.
+
+        "Once" is kept by the journal, not by the store: a job that finds the store up after an
+        earlier job logged offline gives the store that same parent (same journal id, so that
+        ``sync`` completes it later), not a second one.
+        """
         if not self.active:
             return None
         existing = self._ids().get(PARENT_KEY)
         if existing:
             return existing
-        self._record({"event": "start", "key": PARENT_KEY, "parent": None, "name": name, "tags": tags})
-        self._record({"event": "params", "key": PARENT_KEY, "params": params})
-        run_id = self._create_run(name, tags, parent_id=None)
+        uid = self._journal_parent_uid()
+        if uid is not None:
+            run_id = self._find_run(uid) or self._create_run(name, tags, parent_id=None, uid=uid)
+            if run_id:
+                self._save_id(PARENT_KEY, run_id)
+                self._log_params(run_id, params)  # journaled with the start already
+            return run_id
+        uid = uuid.uuid4().hex
+        self._record({"event": "start", "key": PARENT_KEY, "run": uid, "parent": None, "name": name, "tags": tags})
+        self._record({"event": "params", "key": PARENT_KEY, "run": uid, "params": params})
+        run_id = self._create_run(name, tags, parent_id=None, uid=uid)
         if run_id:
             self._save_id(PARENT_KEY, run_id)
             self._log_params(run_id, params)
         if config_file is not None:
-            JobRun(self, PARENT_KEY, run_id).log_artifact(config_file)
+            JobRun(self, PARENT_KEY, run_id, uid).log_artifact(config_file)
         return run_id
 
     def job(self, job: str, params: dict[str, Any], tags: dict[str, str]) -> JobRun:
@@ -218,14 +289,15 @@ class Tracker:
         if not self.active:
             return JobRun(self, key="", run_id=None)
         key = f"job:{job}"
-        self._record({"event": "start", "key": key, "parent": PARENT_KEY, "name": job, "tags": tags})
-        self._record({"event": "params", "key": key, "params": params})
+        uid = uuid.uuid4().hex
+        self._record({"event": "start", "key": key, "run": uid, "parent": PARENT_KEY, "name": job, "tags": tags})
+        self._record({"event": "params", "key": key, "run": uid, "params": params})
         parent_id = self._ids().get(PARENT_KEY)
-        run_id = self._create_run(job, tags, parent_id=parent_id) if parent_id else None
+        run_id = self._create_run(job, tags, parent_id=parent_id, uid=uid) if parent_id else None
         if run_id:
             self._save_id(key, run_id)
             self._log_params(run_id, params)
-        return JobRun(self, key=key, run_id=run_id)
+        return JobRun(self, key=key, run_id=run_id, uid=uid)
 
     def finish_pipeline(self, status: str) -> None:
         if not self.active:
@@ -235,11 +307,11 @@ class Tracker:
         if run_id:
             self._send("set_terminated", run_id, status=status)
 
-    def _create_run(self, name: str, tags: dict[str, str], parent_id: str | None) -> str | None:
+    def _create_run(self, name: str, tags: dict[str, str], parent_id: str | None, uid: str) -> str | None:
         experiment_id = self._experiment_id()
         if experiment_id is None:
             return None
-        all_tags = dict(tags)
+        all_tags = {**tags, JOURNAL_ID_TAG: uid}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self._send("create_run", experiment_id, tags=all_tags, run_name=name)
@@ -251,32 +323,41 @@ class Tracker:
 
 
 class JobRun:
-    """Logging for one job's child run. Every call is journaled first, then sent."""
+    """Logging for one job's child run. Every call is journaled first, then sent.
 
-    def __init__(self, tracker: Tracker, key: str, run_id: str | None):
+    ``uid`` is the run's journal id; without one (a JobRun made for a run found in runs.json)
+    the journal attributes the events to the latest run started under ``key``.
+    """
+
+    def __init__(self, tracker: Tracker, key: str, run_id: str | None, uid: str | None = None):
         self.tracker = tracker
         self.key = key
         self.run_id = run_id
+        self.uid = uid
 
     @property
     def active(self) -> bool:
         return bool(self.key)
 
+    def _record(self, event: str, **fields: Any) -> None:
+        self.tracker._record({"event": event, "key": self.key, **({"run": self.uid} if self.uid else {}), **fields})
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.active:
             return
         now = int(time.time() * 1000)
-        self.tracker._record({"event": "metrics", "key": self.key, "metrics": metrics, "step": step})
+        values = {k: float(v) for k, v in metrics.items()}  # a tensor's value, not its repr, in the journal
+        self._record("metrics", metrics=values, step=step)
         if self.run_id:
             from mlflow.entities import Metric
 
-            items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+            items = [Metric(k, v, now, step or 0) for k, v in values.items()]
             self.tracker._send("log_batch", self.run_id, metrics=items)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self.active:
             return
-        self.tracker._record({"event": "tags", "key": self.key, "tags": tags})
+        self._record("tags", tags=tags)
         if self.run_id:
             from mlflow.entities import RunTag
 
@@ -286,9 +367,7 @@ class JobRun:
         """Upload a file or folder that lives in the run directory (the journal keeps its path)."""
         if not self.active:
             return
-        self.tracker._record(
-            {"event": "artifact", "key": self.key, "path": str(Path(path).absolute()), "artifact_path": artifact_path}
-        )
+        self._record("artifact", path=str(Path(path).absolute()), artifact_path=artifact_path)
         if self.run_id:
             method = "log_artifacts" if Path(path).is_dir() else "log_artifact"
             self.tracker._send(method, self.run_id, str(path), artifact_path)
@@ -296,66 +375,6 @@ class JobRun:
     def finish(self, status: str = "FINISHED") -> None:
         if not self.active:
             return
-        self.tracker._record({"event": "end", "key": self.key, "status": status})
+        self._record("end", status=status)
         if self.run_id:
             self.tracker._send("set_terminated", self.run_id, status=status)
-
-
-def read_journal(run_dir: Path) -> Iterator[dict[str, Any]]:
-    journal = run_dir / "tracking" / "journal.jsonl"
-    if not journal.is_file():
-        return
-    with journal.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-
-
-def sync(run_dir: Path, uri: str, experiment: str) -> dict[str, str]:
-    """Replay a run directory's journal into the store at ``uri`` as a new run tree.
-
-    Returns the new run ids by journal key. Used after a job ran with the store unreachable.
-    """
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    location = None
-    if uri.startswith("sqlite:///"):  # as Tracker does: next to the db, not under the cwd's ./mlruns
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").absolute().as_uri()
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, location, EXPERIMENT_TAGS)
-    ids: dict[str, str] = {}
-    for event in read_journal(run_dir):
-        key = event["key"]
-        millis = int(event["time"] * 1000)
-        if event["event"] == "start":
-            tags = {**event["tags"], "kazhpc.synced_from": str(run_dir)}
-            if event.get("parent") in ids:
-                tags["mlflow.parentRunId"] = ids[event["parent"]]
-            run = client.create_run(experiment_id, start_time=millis, tags=tags, run_name=event["name"])
-            ids[key] = run.info.run_id
-            continue
-        run_id = ids.get(key)
-        if run_id is None:
-            continue
-        if event["event"] == "params":
-            for batch in param_batches(event["params"]):
-                client.log_batch(run_id, params=batch)
-        elif event["event"] == "metrics":
-            metrics = [Metric(k, float(v), millis, event.get("step") or 0) for k, v in event["metrics"].items()]
-            client.log_batch(run_id, metrics=metrics)
-        elif event["event"] == "tags":
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in event["tags"].items()])
-        elif event["event"] == "artifact":
-            path = Path(event["path"])
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), event.get("artifact_path"))
-            elif path.is_file():
-                client.log_artifact(run_id, str(path), event.get("artifact_path"))
-            else:
-                log.warning("sync: artifact %s no longer exists; skipped", path)
-        elif event["event"] == "end":
-            client.set_terminated(run_id, status=event["status"], end_time=millis)
-    return ids
