@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -25,8 +25,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a long path is never cut into lines (copy-paste must work in any terminal or log).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_default=False)
 
@@ -55,6 +56,9 @@ def report_errors() -> Iterator[None]:
 
     try:
         yield
+    except KeyboardInterrupt:  # Ctrl-C outside a job (a job's own becomes kazhpc.errors.Interrupted)
+        err.print("interrupted before any job started: nothing to resume", highlight=False)
+        raise SystemExit(130) from None
     except KazhpcError as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         if isinstance(exc, Preempted):
@@ -80,6 +84,15 @@ def validate(
     out.print(f"[green]ok[/]: {config} (config hash {cfg.config_hash()})", highlight=False)
 
 
+def print_uncut(table: Any) -> None:
+    """Print a rich table at its natural width, wider than the terminal or a pipe's 80 columns if
+    need be: a number or a name cut to 'ge…' is worse than a line that runs on."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(out, out.options.update(width=10_000), table).maximum
+    Console(width=max(out.width, needed), soft_wrap=True).print(table)
+
+
 @app.command()
 def plan(
     config: Path = typer.Argument(..., help="pipeline config YAML"),
@@ -103,32 +116,44 @@ def plan(
         table.add_column(name, justify="left" if name in ("model", "ZeRO") else "right")
     for row in table_rows(plans):
         table.add_row(*row)
-    out.print(table)
+    print_uncut(table)
     out.print("first row: this config; the others: each size's configs/models/ layout with this config's own train keys. "
               "Parameters from config.json when local, else kazhpc.train.planner.GEMMA3.", highlight=False)
 
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="pipeline config YAML"),
+    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
     overrides: Optional[List[str]] = OverridesArg,
     only: Optional[List[str]] = typer.Option(None, "--only", help="run only this job (repeatable)"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join (resume) an existing run directory"),
+    force: bool = typer.Option(False, "--force", help="redo the selected jobs from scratch, parts included"),
 ) -> None:
-    """Run the pipeline's jobs in order on this machine."""
+    """Run the pipeline's jobs in order on this machine (with --run-dir: resume that run; jobs
+    that completed from unchanged inputs are reused)."""
     from kazhpc.config import load_config
-    from kazhpc.runner import read_state, run_pipeline
+    from kazhpc.runner import open_run_dir, read_state, run_pipeline
 
     setup_logging()
     with report_errors():
-        cfg = load_config(config, overrides or [])
-        path = run_pipeline(cfg, run_dir=run_dir, only=only)
+        if config is not None and run_dir is not None and "=" in str(config) and not config.exists():
+            config, overrides = None, [str(config), *(overrides or [])]  # `run --run-dir R key=value`
+        if config is None and run_dir is None:
+            raise KazhpcError("give a pipeline CONFIG, or --run-dir RUN to resume a run with its own config")
+        if config is None and overrides:
+            raise KazhpcError("--run-dir without CONFIG uses the run's own config.yaml; overrides are not allowed")
+        cfg = open_run_dir(run_dir) if config is None else load_config(config, overrides or [])
+        path = run_pipeline(cfg, run_dir=run_dir, only=only, force=force)
     jobs = read_state(path).get("jobs", {})
-    out.print(f"run directory: {path}")
+    out.print(f"run directory: {path}", highlight=False)
     for name, state in jobs.items():
-        out.print(f"  {name}: {state.get('status')}")
+        out.print(f"  {name}: {state.get('status')}", highlight=False)
+    if config is None:
+        out.print(f"browse it: kazhpc ui {path / 'config.yaml'}", highlight=False)
+        return
     store_overrides = [o for o in overrides or [] if o.startswith(("runs_root=", "tracking."))]
-    out.print("browse it: kazhpc ui " + " ".join([str(config), *store_overrides]))
+    out.print("browse it: kazhpc ui " + " ".join([str(config), *store_overrides]), highlight=False)
+
 
 
 @app.command()
@@ -250,17 +275,22 @@ def sync(
     run_dir: Path = typer.Argument(..., help="run directory whose tracking journal to upload"),
     uri: Optional[str] = typer.Option(None, help="target tracking URI; default: the run's configured store"),
 ) -> None:
-    """Upload a run that was logged while the tracking store was unreachable."""
+    """Upload what a tracking store lacks of a run's journal (safe to repeat: nothing is copied twice)."""
     from kazhpc.runner import open_run_dir
-    from kazhpc.tracking import default_tracking_uri, sync as sync_journal
+    from kazhpc.tracking import PARENT_KEY, default_tracking_uri, sync as sync_journal
 
+    setup_logging()
     with report_errors():
         cfg = open_run_dir(run_dir)
         target = uri or cfg.tracking.uri or default_tracking_uri(cfg.runs_root)
-        ids = sync_journal(run_dir, target, cfg.tracking.experiment)
-        if not ids:
-            raise KazhpcError(f"{run_dir}: no tracking journal to sync")
-    out.print(f"synced {len(ids)} runs to {target}: parent run {ids.get('pipeline')}")
+        result = sync_journal(run_dir, target, cfg.tracking.experiment, timeout_s=cfg.tracking.timeout_s)
+    parent = result.runs.get(PARENT_KEY)
+    if result.sent or result.created:
+        message = (f"synced {run_dir} to {result.uri}: {result.sent} journal events sent, "
+                   f"{result.created} runs created; parent run {parent}")
+    else:
+        message = f"{result.uri} already has everything in {run_dir}'s journal; parent run {parent}"
+    out.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- cluster: submit, render, status, cancel (kazhpc.launch) ----------------------------------
@@ -312,13 +342,16 @@ def render(
     """Write the sbatch scripts `kazhpc submit` would submit, plus submit.sh that chains them."""
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan, render as render_steps
+    from kazhpc.launch.plan import plan, plan_warnings, render as render_steps
     from kazhpc.runner import preflight
 
     with report_errors():
         cfg = load_config(config, overrides or [])
-        preflight(cfg)
-        written = render_steps(plan(cfg, load_cluster(cluster)), output, config, overrides or [])
+        warnings = preflight(cfg)
+        steps = plan(cfg, load_cluster(cluster))
+        written = render_steps(steps, output, config, overrides or [])
+    for warning in [*warnings, *plan_warnings(steps)]:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for path in written:
         out.print(str(path), highlight=False)
     out.print(f"submit them with: bash {output / 'submit.sh'}", highlight=False)
@@ -326,23 +359,27 @@ def render(
 
 @app.command()
 def status(
-    run_dir: Path = typer.Argument(..., help="a run directory made by kazhpc submit"),
+    run_dir: Path = typer.Argument(..., help="a run directory (made by kazhpc run or kazhpc submit)"),
     wait: bool = typer.Option(False, "--wait", help="poll until no job is queued or running"),
     timeout: float = typer.Option(3600, help="with --wait: give up after this many seconds"),
 ) -> None:
-    """Each job's SLURM state and log; which job failed and where its log is. Exit 1 if one failed
-    (3 if --wait gave up while jobs were still queued or running)."""
+    """Each job's state and log (SLURM's and run.json's; for a run made by `kazhpc run`, run.json's);
+    which job failed and where its log is. Exit 1 if one failed (3 if --wait gave up while jobs
+    were still queued or running)."""
     import time
 
-    from kazhpc.launch.status import describe, step_states
+    from kazhpc.launch.status import describe, describe_local, is_submitted, local_states, step_states
 
     with report_errors():
+        if not (run_dir / "config.yaml").is_file():
+            raise KazhpcError(f"{run_dir}: not a kazhpc run directory (no config.yaml)")
+        states, show = (step_states, describe) if is_submitted(run_dir) else (local_states, describe_local)
         deadline = time.time() + timeout
-        steps = step_states(run_dir)
+        steps = states(run_dir)
         while wait and any(s.active for s in steps) and time.time() < deadline:
             time.sleep(5)
-            steps = step_states(run_dir)
-        lines, done = describe(run_dir, steps)
+            steps = states(run_dir)
+        lines, done = show(run_dir, steps)
     for line in lines:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
     if any(s.failed for s in steps):

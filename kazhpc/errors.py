@@ -30,6 +30,12 @@ class FormattingError(KazhpcError):
     """A formatted example breaks an invariant (e.g. not exactly one <bos>)."""
 
 
+class Interrupted(KazhpcError):
+    """Ctrl-C (SIGINT) during a job: the message names the job and the command that resumes it."""
+
+    exit_code = 130
+
+
 def read_user_text(path: Path, what: str, error: type[KazhpcError] = KazhpcError) -> str:
     """Read a UTF-8 file the user named; any failure is one ``error`` line: '<path>: <what> ...'."""
     try:
@@ -42,6 +48,17 @@ def read_user_text(path: Path, what: str, error: type[KazhpcError] = KazhpcError
         raise error(f"{path}: {what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file kazhpc wrote (run.json, a manifest); an empty or cut-short one (a full disk, a
+    copy interrupted) is one line naming it, not a JSONDecodeError traceback."""
+    text = read_user_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        state = "is empty" if not text.strip() else f"is not valid JSON ({exc.msg} at line {exc.lineno})"
+        raise KazhpcError(f"{path}: {what} {state}; restore it, or delete it to redo what it recorded") from None
 
 
 def jsonl_objects(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

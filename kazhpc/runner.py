@@ -12,16 +12,20 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
 
 from kazhpc.config import PipelineConfig, dump_yaml, flatten, load_config
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import Interrupted, KazhpcError, read_json_file
+from kazhpc.fingerprint import changes, fingerprint, job_inputs
+from kazhpc.parts import record_inputs
 from kazhpc.tracking import JobRun, Tracker, global_rank, run_tags
 
 log = logging.getLogger("kazhpc")
@@ -37,6 +41,11 @@ class Job:
     preflight: Callable[[PipelineConfig], list[str]]
     #: For jobs that split into parts (SLURM array tasks): do part i of n into the job's folder.
     part: Callable[[PipelineConfig, Path, int, int], Path] | None = None
+    #: Earlier jobs whose outputs this one reads (when they are in the pipeline): their
+    #: fingerprints are part of this job's inputs, so redoing one of them redoes this one.
+    needs: tuple[str, ...] = ()
+    #: Input files the job reads that its own config section does not name.
+    extra_inputs: Callable[[PipelineConfig], list[str]] | None = None
 
 
 def registry() -> dict[str, Job]:
@@ -51,9 +60,11 @@ def registry() -> dict[str, Job]:
         "prepare-model": Job("prepare-model", prepare_model.run, prepare_model.preflight),
         "tokenizers": Job("tokenizers", tokenizers.run, tokenizers.preflight),
         "extend-vocab": Job("extend-vocab", extend_job.run, extend_job.preflight),
-        "preprocess": Job("preprocess", preprocess.run, preprocess.preflight, preprocess.run_part),
-        "train": Job("train", qlora.run, qlora.preflight),
-        "evaluate": Job("evaluate", evaluation_job.run, evaluation_job.preflight, evaluation_job.run_part),
+        "preprocess": Job("preprocess", preprocess.run, preprocess.preflight, preprocess.run_part,
+                          extra_inputs=preprocess.decontamination_files),
+        "train": Job("train", qlora.run, qlora.preflight, needs=("extend-vocab", "preprocess")),
+        "evaluate": Job("evaluate", evaluation_job.run, evaluation_job.preflight, evaluation_job.run_part,
+                        needs=("extend-vocab", "train")),
     }
 
 
@@ -65,13 +76,43 @@ class JobContext:
     run_dir: Path
     job_dir: Path
     tracking: JobRun
+    #: What this job's output is made from (kazhpc.fingerprint.job_inputs): parts done with
+    #: other inputs are rerun, not reused.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def manifest_of(self, job: str) -> dict[str, Any]:
         """Another job's manifest (the only way jobs pass results to each other)."""
-        path = self.run_dir / job / "manifest.json"
-        if not path.is_file():
-            raise KazhpcError(f"{path}: job '{job}' has not completed in this run directory")
-        return json.loads(path.read_text())
+        return read_manifest(self.run_dir, job)
+
+
+def read_manifest(run_dir: Path, job: str) -> dict[str, Any]:
+    path = run_dir / job / "manifest.json"
+    if not path.is_file():
+        raise KazhpcError(f"{path}: job '{job}' has not completed in this run directory")
+    return read_json_file(path, f"the {job} job's manifest")
+
+
+def inputs_of(cfg: PipelineConfig, run_dir: Path, name: str) -> dict[str, Any]:
+    """What job ``name`` of this run is made from now: its config, its files, its upstream jobs."""
+    spec = registry()[name]
+    upstream = {}
+    for needed in spec.needs:
+        if needed in cfg.jobs:
+            manifest = run_dir / needed / "manifest.json"
+            upstream[needed] = read_json_file(manifest, f"the {needed} job's manifest").get("fingerprint", "?") if manifest.is_file() else "not run"
+    extra = spec.extra_inputs(cfg) if spec.extra_inputs else []
+    return job_inputs(cfg.resolved_dict(), name.replace("-", "_"), extra, upstream)
+
+
+def up_to_date(cfg: PipelineConfig, run_dir: Path, name: str) -> tuple[bool, list[str]]:
+    """(True, []) when job ``name`` COMPLETED in this run from exactly today's inputs; else
+    (False, what changed)."""
+    if read_state(run_dir).get("jobs", {}).get(name, {}).get("status") != "COMPLETED":
+        return False, ["not completed"]
+    if not (run_dir / name / "manifest.json").is_file():
+        return False, ["no manifest"]
+    said = changes(read_manifest(run_dir, name).get("inputs"), inputs_of(cfg, run_dir, name))
+    return not said, said
 
 
 def preflight(cfg: PipelineConfig) -> list[str]:
@@ -106,7 +147,7 @@ def open_run_dir(path: Path) -> PipelineConfig:
 
 def read_state(run_dir: Path) -> dict[str, Any]:
     state = run_dir / "run.json"
-    return json.loads(state.read_text()) if state.is_file() else {}
+    return read_json_file(state, "the run's state file") if state.is_file() else {}
 
 
 def _update_state(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
@@ -129,8 +170,15 @@ def _set_job_state(run_dir: Path, job: str, **fields: Any) -> None:
 # Running.
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, only: list[str] | None = None) -> Path:
-    """Run the configured jobs (or ``only`` those) in order in this process; return the run dir."""
+def run_pipeline(
+    cfg: PipelineConfig, run_dir: Path | None = None, only: list[str] | None = None, force: bool = False
+) -> Path:
+    """Run the configured jobs (or ``only`` those) in order in this process; return the run dir.
+
+    Joining a run directory resumes it: a job that completed from exactly today's inputs is
+    reused, one whose inputs changed since (a source file edited, an upstream job redone) runs
+    again. Jobs named in ``only`` always run (their unchanged parts are still reused);
+    ``force`` redoes the selected jobs from scratch, parts included."""
     selected = only or cfg.jobs
     unknown = [j for j in selected if j not in cfg.jobs]
     if unknown:
@@ -153,15 +201,30 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path | None = None, only: list[st
     tags = run_tags(cfg.config_hash())
     tracker.start_pipeline(cfg.name, flatten(cfg.resolved_dict()), tags, run_dir / "config.yaml")
     status = "FINISHED"
+    joined = read_state(run_dir).get("jobs", {})
     try:
         for name in selected:
+            if force:
+                shutil.rmtree(run_dir / name / "parts", ignore_errors=True)
+            elif joined.get(name, {}).get("status") == "COMPLETED" and not only:
+                current, said = up_to_date(cfg, run_dir, name)
+                if current:
+                    log.info("job %s: completed earlier from the same inputs: reused", name)
+                    continue
+                log.warning("job %s: completed earlier, but %s: running it again", name, "; ".join(said))
             run_job(cfg, run_dir, tracker, name, tags)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        stopped = [n for n, s in read_state(run_dir).get("jobs", {}).items() if s.get("status") == "INTERRUPTED"]
+        what = f"job {stopped[-1]} of {run_dir}" if stopped else str(run_dir)
+        again = "".join(f" --only {n}" for n in only or [])
+        raise Interrupted(f"interrupted: {what}; resume with: kazhpc run --run-dir {run_dir}{again}") from None
     except BaseException:
         status = "FAILED"
         raise
     finally:
         jobs = read_state(run_dir).get("jobs", {})
-        if status == "FAILED" or all(jobs.get(j, {}).get("status") == "COMPLETED" for j in cfg.jobs):
+        if status != "FINISHED" or all(jobs.get(j, {}).get("status") == "COMPLETED" for j in cfg.jobs):
             tracker.finish_pipeline(status)
     return run_dir
 
@@ -173,23 +236,26 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     job = registry()[name]
     job_dir = run_dir / name
     job_dir.mkdir(parents=True, exist_ok=True)
+    inputs = inputs_of(cfg, run_dir, name)
     if global_rank() != 0:
         # Other ranks of a distributed job train alongside rank 0 and exit: rank 0 alone writes
         # run.json, the manifest, the log file and the MLflow run.
         transformers.set_seed(cfg.seed)
-        return job.run(JobContext(cfg, run_dir, job_dir, tracker.job(name, {}, tags)))
+        return job.run(JobContext(cfg, run_dir, job_dir, tracker.job(name, {}, tags), inputs))
     handler = logging.FileHandler(job_dir / "job.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     tracking = tracker.job(name, flatten(cfg.resolved_dict()), tags)
     tracking.log_artifact(run_dir / "config.yaml")
-    _set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+    _set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+                   pid=os.getpid(), host=socket.gethostname())
     log.info("job %s: started in %s", name, job_dir)
     started = time.time()
     try:
         transformers.set_seed(cfg.seed)
-        manifest = job.run(JobContext(cfg, run_dir, job_dir, tracking))
-        manifest = {"job": name, "config_hash": cfg.config_hash(), "seconds": round(time.time() - started, 2), **manifest}
+        manifest = job.run(JobContext(cfg, run_dir, job_dir, tracking, inputs))
+        manifest = {"job": name, "config_hash": cfg.config_hash(), "seconds": round(time.time() - started, 2),
+                    **manifest, "fingerprint": fingerprint(inputs), "inputs": inputs}
         (job_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         tracking.log_artifact(job_dir / "manifest.json")
         tracking.finish("FINISHED")
@@ -198,10 +264,12 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         return manifest
     except BaseException as exc:
         preempted = type(exc).__name__ == "Preempted"  # saved a checkpoint and asked to be requeued
-        tracking.set_tags({"kazhpc.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracking.finish("KILLED" if preempted else "FAILED")
-        status = "PREEMPTED" if preempted else "FAILED"
-        _set_job_state(run_dir, name, status=status, finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        error = "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}"
+        tracking.set_tags({"kazhpc.error": error[:5000]})
+        tracking.finish("KILLED" if preempted or interrupted else "FAILED")
+        status = "PREEMPTED" if preempted else "INTERRUPTED" if interrupted else "FAILED"
+        _set_job_state(run_dir, name, status=status, finished=time.time(), error=error)
         raise
     finally:
         logging.getLogger().removeHandler(handler)
@@ -256,8 +324,9 @@ def run_single(
     job_dir = run_dir / job
     part = f"{job}[{index}/{count}]"
     _set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+    inputs = inputs_of(cfg, run_dir, job)  # before the part reads them
     try:
-        spec.part(cfg, job_dir, index, count)
+        record_inputs(spec.part(cfg, job_dir, index, count), inputs)
     except BaseException as exc:
         _set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise

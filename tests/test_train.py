@@ -140,3 +140,20 @@ def test_smoke_pipeline_adapter_reloads_and_lowers_the_answer_loss(smoke_run: di
     for key in ("grad_norm", "learning_rate", "tokens_per_s", "peak_memory_gb"):
         assert key in train.data.metrics
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(train.info.run_id, "adapter")}
+
+
+def test_answer_loss_on_kept_positions_equals_the_full_logits_loss(gemma_model, gemma_tokenizer) -> None:
+    """The post-training check computes logits only where an answer token is predicted; it must
+    equal the loss over every position with the prompt masked (bf16 rounding aside)."""
+    from kazhpc.models import format_chats
+    from kazhpc.train.qlora import answer_loss
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for formatted in format_chats(gemma_tokenizer, CHATS):
+            ids = torch.tensor([formatted["input_ids"]])
+            labels = ids.masked_fill(torch.tensor([formatted["assistant_masks"]]) == 0, -100)[:, 1:]
+            logits = gemma_model(input_ids=ids).logits[:, :-1].float()
+            total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="sum", ignore_index=-100).item()
+            count += int((labels != -100).sum())
+    assert answer_loss(gemma_model, gemma_tokenizer, CHATS, 512) == pytest.approx(total / count, abs=2e-3)

@@ -16,7 +16,7 @@ from typing import Any
 from kazhpc.launch.submit import latest_steps, read_submission
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                 "PREEMPTED", "LOST"}
+                 "PREEMPTED", "LOST", "INTERRUPTED"}  # INTERRUPTED: Ctrl-C, as run.json records it
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
 NEVER = "DependencyNeverSatisfied"
@@ -198,3 +198,57 @@ def cancel(run_dir: Path) -> list[str]:
             _run(["scancel", s.slurm_id])
             cancelled.append(f"{s.name} ({s.slurm_id})")
     return cancelled
+
+
+# --------------------------------------------------------------------------------------------
+# Runs made on this machine (kazhpc run): run.json alone.
+
+
+def is_submitted(run_dir: Path) -> bool:
+    from kazhpc.launch.submit import submission_path
+
+    return submission_path(run_dir).is_file()
+
+
+def local_states(run_dir: Path) -> list[StepState]:
+    """Each job of a run made by ``kazhpc run``, as run.json records it. A job recorded RUNNING
+    whose process (on this host) is gone was killed: LOST."""
+    import os
+    import socket
+
+    from kazhpc.runner import open_run_dir, read_state
+
+    cfg = open_run_dir(run_dir)
+    jobs = read_state(run_dir).get("jobs", {})
+    result = []
+    for name in cfg.jobs:
+        record = jobs.get(name, {})
+        state = record.get("status", "NOT RUN")
+        if state == "RUNNING" and record.get("host") == socket.gethostname() and record.get("pid"):
+            try:
+                os.kill(int(record["pid"]), 0)
+            except ProcessLookupError:
+                state = "LOST"
+            except PermissionError:
+                pass
+        seconds = f"{record['finished'] - record['started']:.0f} s" if "finished" in record and "started" in record else ""
+        result.append(StepState(name, name, "", state, [], str(run_dir / name / "job.log"), reason=seconds,
+                                error=record.get("error", "")))
+    return result
+
+
+def describe_local(run_dir: Path, steps: list[StepState]) -> tuple[list[str], bool]:
+    """Lines for the terminal (each job's state and time; a failed job's log and error), and
+    whether every job completed."""
+    lines = [f"run directory: {run_dir} (run on this machine)"]
+    width = max(len(s.name) for s in steps)
+    for s in steps:
+        lines.append(f"  {s.name:<{width}}  {s.state:<11} {s.reason}".rstrip())
+    for s in steps:
+        if s.failed:
+            lines.append(f"{s.state.lower()}: {s.name}; job log: {s.job_log}")
+            if s.error:
+                lines.append(f"        error: {s.error[:300]}")
+    done = all(s.state == "COMPLETED" for s in steps)
+    lines.append("all jobs completed" if done else f"resume with: kazhpc run --run-dir {run_dir}")
+    return lines, done

@@ -174,26 +174,32 @@ def lora_config(cfg: PipelineConfig, new_token_ids: list[int] | None = None) -> 
     )
 
 
-def answer_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int) -> float:
-    """Mean loss over the answer tokens of ``conversations`` (what the adapter was trained on)."""
+def answer_loss(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int,
+                what: str = "answer loss") -> float:
+    """Mean loss over the answer tokens of ``conversations`` (what the adapter was trained on).
+
+    Logits are computed only at the positions that predict an answer token (``logits_to_keep``):
+    a full 262k-wide row per prompt token made this check take minutes on a CPU."""
     import torch
 
+    from kazhpc.console import progress
     from kazhpc.models import format_chats
 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for formatted in format_chats(tokenizer, conversations):
+        for formatted in progress(format_chats(tokenizer, conversations), len(conversations), what):
             if isinstance(formatted, Exception):
                 raise formatted
             ids = torch.tensor([formatted["input_ids"][:max_length]], device=model.device)
-            mask = torch.tensor([formatted["assistant_masks"][:max_length]], device=model.device)
-            labels = ids.masked_fill(mask == 0, -100)
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            target = labels[:, 1:]
-            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="sum", ignore_index=-100)
-            total += losses.item()
-            count += int((target != -100).sum().item())
+            mask = torch.tensor(formatted["assistant_masks"][:max_length], device=model.device)
+            predicts_answer = torch.nonzero(mask[1:]).flatten()  # position p predicts token p + 1
+            if predicts_answer.numel() == 0:
+                continue
+            logits = model(input_ids=ids, logits_to_keep=predicts_answer).logits[0].float()
+            target = ids[0, predicts_answer + 1]
+            total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            count += int(target.numel())
     return total / max(count, 1)
 
 
@@ -300,9 +306,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
         bnb = quantization_config(cfg) if _device() == "cuda" else None
         base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
                           **({"quantization_config": bnb} if bnb is not None else {}))
-        base_loss = answer_loss(base, tokenizer, rows, cfg.train.max_length)
+        base_loss = answer_loss(base, tokenizer, rows, cfg.train.max_length, "loss check: base model")
         adapted = PeftModel.from_pretrained(base, str(adapter_dir))
-        adapter_loss = answer_loss(adapted, tokenizer, rows, cfg.train.max_length)
+        adapter_loss = answer_loss(adapted, tokenizer, rows, cfg.train.max_length, "loss check: adapter")
         log.info("answer loss on %d training rows: base %.4f, adapter %.4f", len(rows), base_loss, adapter_loss)
     else:
         log.warning("train.loss_check_rows is 0: the adapter's effect on the answer loss is not checked")
