@@ -15,6 +15,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from kazhpc.errors import KazhpcError
 
@@ -25,9 +26,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# soft_wrap: a long path is never cut into lines (copy-paste must work in any terminal or log).
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a long path is never cut into lines (copy-paste must work in any terminal or log);
+# markup off: a message's own brackets ('evaluate.tasks[mine].path') are text, not rich styles.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """'error: ...' / 'warning: ...' with the label coloured and the message verbatim."""
+    return Text.assemble((label, style), " ", message)
 
 OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_default=False)
 
@@ -60,7 +67,7 @@ def report_errors() -> Iterator[None]:
         err.print("interrupted before any job started: nothing to resume", highlight=False)
         raise SystemExit(130) from None
     except KazhpcError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(labelled("error:", "bold red", str(exc)), highlight=False)
         if isinstance(exc, Preempted):
             exc.requeue()  # only now, with run.json and MLflow up to date: a requeue ends the job at once
         raise SystemExit(exc.exit_code) from None
@@ -80,8 +87,8 @@ def validate(
         out.print(dump_yaml(cfg), highlight=False, markup=False, end="")
         warnings = preflight(cfg)
     for warning in warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    out.print(f"[green]ok[/]: {config} (config hash {cfg.config_hash()})", highlight=False)
+        err.print(labelled("warning:", "yellow", warning), highlight=False)
+    out.print(labelled("ok:", "green", f"{config} (config hash {cfg.config_hash()})"), highlight=False)
 
 
 def print_uncut(table: Any) -> None:
@@ -351,7 +358,7 @@ def render(
         steps = plan(cfg, load_cluster(cluster))
         written = render_steps(steps, output, config, overrides or [])
     for warning in [*warnings, *plan_warnings(steps)]:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(labelled("warning:", "yellow", warning), highlight=False)
     for path in written:
         out.print(str(path), highlight=False)
     out.print(f"submit them with: bash {output / 'submit.sh'}", highlight=False)

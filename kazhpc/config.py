@@ -8,8 +8,9 @@ happen before validation, in this order:
    (``model`` → ``configs/models/``) may be given as a bare name: ``model: gemma3-4b``.
 2. **Overrides.** ``key.path=value`` strings from the command line; values are parsed as YAML
    (``3`` is an int, ``true`` a bool), and an override may name a fragment (``model=gemma3-4b``).
-3. **Path resolution.** Relative paths become absolute against the working directory, so that the
-   resolved config a SLURM job receives means the same thing on a compute node.
+3. **Path resolution.** Relative paths become absolute against the working directory, and ``~`` and
+   ``$VAR`` are expanded (an unset variable is an error), so that the resolved config a SLURM job
+   receives means the same thing on a compute node and holds the very path that was checked.
 
 Every error says where it comes from: the file and line of the offending key (or the override),
 the dotted key path, and for a misspelt key the closest valid one.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kazhpc.errors import ConfigError, KazhpcError, read_user_text
 
@@ -44,9 +45,27 @@ JOB_NAMES: tuple[str, ...] = ("prepare-model", "tokenizers", "extend-vocab", "pr
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+#: ``$NAME`` / ``${NAME}``, the forms os.path.expandvars (and datasets' loaders after it) expand.
+_ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+#: How a configured value says it is a path rather than a name (hub id, built-in, template name).
+PATH_PREFIXES = (".", "/", "~", "$")
+
+
 def _abs_path(value: str) -> str:
-    """A relative path means relative to where kazhpc runs; stored absolute for SLURM steps."""
-    return os.path.abspath(os.path.expanduser(value))
+    """A relative path means relative to where kazhpc runs; stored absolute for SLURM steps.
+
+    ``~`` and ``$VAR`` / ``${VAR}`` are expanded here, once, at load time: the resolved config holds
+    the path every job opens, and the path checked is the path used (datasets' loaders would
+    otherwise expand a ``$`` left in a path again, after validation). A variable that is not set is
+    an error, not a literal folder name.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = _ENV_VAR.search(expanded)
+    if unset:
+        raise ValueError(
+            f"environment variable {unset.group(0)} is not set; set it, or write the path out"
+        )
+    return os.path.abspath(os.path.expanduser(expanded))
 
 
 class Strict(BaseModel):
@@ -76,7 +95,7 @@ class ModelConfig(Strict):
     @classmethod
     def _absolute_if_path(cls, value: str) -> str:
         # Local checkpoint dirs and template files, not 'bundled:...', hub ids or template names.
-        if value.startswith((".", "/", "~")) or value.endswith((".jinja", ".j2")):
+        if value.startswith(PATH_PREFIXES) or value.endswith((".jinja", ".j2")):
             return _abs_path(value)
         return value
 
@@ -112,6 +131,8 @@ class PrepareModelConfig(Strict):
 
 SourceKind = Literal["muri-it", "alpaca", "kazparc", "ner-kazakh", "mc", "custom"]
 SHORT_ANSWER_KINDS = ("mc", "ner-kazakh", "kazparc")
+#: Languages of a kazparc-style parallel source (its directions and its columns mapping).
+SOURCE_LANGUAGES = ("kk", "en", "ru", "tr")
 
 
 class SourceConfig(Strict):
@@ -133,7 +154,8 @@ class SourceConfig(Strict):
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="custom kind: canonical field → column (prompt, response, input, system)",
+        description="custom kind: canonical field → column (prompt, response, input, system); kazparc kind: "
+        "language → column, e.g. {kk: Kazakh, en: English} (default: the language codes themselves)",
     )
     directions: list[str] = Field(
         default_factory=lambda: ["kk-en", "en-kk", "kk-ru", "ru-kk"],
@@ -148,11 +170,11 @@ class SourceConfig(Strict):
 
     @field_validator("columns")
     @classmethod
-    def _known_fields(cls, columns: dict[str, str]) -> dict[str, str]:
-        known = ("prompt", "response", "input", "system")
+    def _known_fields(cls, columns: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        known = SOURCE_LANGUAGES if info.data.get("kind") == "kazparc" else ("prompt", "response", "input", "system")
         for key in columns:
             if key not in known:
-                raise ValueError(f"unknown field {key!r}{_suggest(key, known)}; fields: {', '.join(known)}")
+                raise ValueError(f"unknown field {key!r}{suggest(key, known)}; fields: {', '.join(known)}")
         return columns
 
     @field_validator("path")
@@ -164,7 +186,7 @@ class SourceConfig(Strict):
     @classmethod
     def _local_hub_copy_absolute(cls, hub: str | None) -> str | None:
         # A local dataset folder given as `hub` (offline copies) is resolved like any path.
-        if hub is not None and hub.startswith((".", "/", "~")):
+        if hub is not None and hub.startswith(PATH_PREFIXES):
             return _abs_path(hub)
         return hub
 
@@ -174,8 +196,8 @@ class SourceConfig(Strict):
             raise ValueError("give exactly one of path or hub")
         if self.kind == "custom" and not {"prompt", "response"} <= set(self.columns):
             raise ValueError("a custom source needs columns.prompt and columns.response")
-        if self.kind != "custom" and self.columns:
-            raise ValueError("columns is only for kind: custom")
+        if self.kind not in ("custom", "kazparc") and self.columns:
+            raise ValueError("columns is only for kind: custom (fields) and kind: kazparc (languages)")
         bad = [d for d in self.directions if d not in ("kk-en", "en-kk", "kk-ru", "ru-kk", "kk-tr", "tr-kk")]
         if bad:
             raise ValueError(f"unknown translation direction {bad[0]!r}; use kk-en, en-kk, kk-ru, ru-kk, kk-tr, tr-kk")
@@ -215,6 +237,11 @@ class DecontaminationConfig(Strict):
         return [_abs_path(f) for f in files]
 
 
+#: What happens to text that spells a tokenizer's special token (kazhpc.models.SpecialTexts):
+#: ``reject`` drops the row or document, counted; ``neutralise`` keeps it with U+2060 inserted.
+SpecialTokenHandling = Literal["reject", "neutralise"]
+
+
 class CleaningConfig(Strict):
     """Every step is switchable and counted."""
 
@@ -226,6 +253,10 @@ class CleaningConfig(Strict):
     language_id: LanguageIdConfig = Field(default_factory=LanguageIdConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    special_tokens: SpecialTokenHandling = Field(
+        "reject", description="a turn that spells a special token (<end_of_turn>, <eos>, ...): reject the row, "
+        "or neutralise the text (U+2060 after its first character) and keep it"
+    )
 
 
 class PreprocessConfig(Strict):
@@ -349,7 +380,7 @@ class DistributedConfig(Strict):
     @classmethod
     def _absolute_if_path(cls, value: str | None) -> str | None:
         # A JSON path is made absolute like other paths; a name stays a name (configs/deepspeed/).
-        if value is not None and (value.endswith(".json") or "/" in value or value.startswith(("~", "."))):
+        if value is not None and (value.endswith(".json") or "/" in value or value.startswith(PATH_PREFIXES)):
             return _abs_path(value)
         return value
 
@@ -380,6 +411,14 @@ class TrainConfig(Strict):
         "USR2", description="SLURM's warning signal (sbatch --signal; submitit uses USR2): save, stop, requeue"
     )
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, steps: int) -> int:
+        # transformers reads any max_steps <= 0 as "train by epochs"; kazhpc keeps one spelling of that.
+        if steps != -1 and steps < 1:
+            raise ValueError("expected a positive number of optimizer steps, or -1 to train for `epochs`")
+        return steps
+
     @field_validator("preemption_signal")
     @classmethod
     def _catchable_signal(cls, name: str) -> str:
@@ -400,10 +439,20 @@ class EvalTaskConfig(Strict):
 
     name: str = Field(pattern=_NAME_PATTERN, description="the task's name in results and reports")
     kind: Literal["mc", "translation"]
-    path: str = Field(description="JSONL: mc rows {question, choices, answer (index or letter)}; "
-                      "translation rows with one field per language")
+    path: str = Field(description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or "
+                      "letter)}; translation rows with one field per language (names changed by columns)")
     source_lang: str = Field("kk", description="translation: field (language code) of the source text")
     target_lang: str = Field("en", description="translation: field (language code) of the reference")
+    columns: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="the file's own column names. mc: {question: COL, choices: LIST_COL or [COL, COL, ...], "
+        "answer: COL}; translation: {LANG: COL} for source_lang / target_lang (e.g. {kk: Kazakh, en: English})",
+    )
+    answer_format: Literal["auto", "index", "letter", "number"] = Field(
+        "auto",
+        description="mc: the answer as a 0-based index, a letter (A, B, ...) or a 1-based number; "
+        "auto: an integer is an index, anything else a letter",
+    )
     instruction: str | None = Field(None, description="replaces the built-in Kazakh instruction")
     max_gen_toks: int = Field(64, gt=0, description="translation: tokens generated at most")
 
@@ -411,6 +460,29 @@ class EvalTaskConfig(Strict):
     @classmethod
     def _absolute(cls, path: str) -> str:
         return _abs_path(path)
+
+    @model_validator(mode="after")
+    def _mapping(self) -> EvalTaskConfig:
+        known = ("question", "choices", "answer") if self.kind == "mc" else (self.source_lang, self.target_lang)
+        for key, column in self.columns.items():
+            if key not in known:
+                raise ValueError(f"columns.{key}: unknown field{suggest(key, known)}; {self.kind} maps {', '.join(known)}")
+            several = isinstance(column, list)
+            if several and key != "choices":
+                raise ValueError(f"columns.{key}: expected one column name, got a list")
+            if several and (len(column) < 2 or len(set(column)) != len(column)):
+                raise ValueError("columns.choices: a list names two or more different columns, one per choice")
+            if any(not c.strip() for c in (column if several else [column])):
+                raise ValueError(f"columns.{key}: empty column name")
+        if self.kind == "translation" and self.answer_format != "auto":
+            raise ValueError("answer_format is for kind: mc")
+        if self.kind == "translation" and self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'")
+        return self
+
+    def column(self, field: str) -> str | list[str]:
+        """The file's column for a canonical field (mc: question / choices / answer; translation: a language)."""
+        return self.columns.get(field, field)
 
 
 class EvalModelConfig(Strict):
@@ -463,11 +535,21 @@ class EvaluateConfig(Strict):
         None, description="text file, one Kazakh prompt per line: side-by-side generations of the models"
     )
     generation_max_new_tokens: int = Field(48, gt=0, description="tokens each model generates per prompt")
+    special_tokens: SpecialTokenHandling = Field(
+        "reject", description="a document or generation prompt that spells a special token: leave it out "
+        "(counted, in rejects.jsonl), or neutralise the text (U+2060 after its first character) and score it"
+    )
 
     @field_validator("data_overrides")
     @classmethod
     def _absolute_overrides(cls, overrides: dict[str, str]) -> dict[str, str]:
-        return {task: _abs_path(path) for task, path in overrides.items()}
+        out = {}
+        for task, path in overrides.items():
+            try:
+                out[task] = _abs_path(path)
+            except ValueError as exc:
+                raise ValueError(f"{task}: {path}: {exc}") from None
+        return out
 
     @field_validator("perplexity_texts", "generation_prompts")
     @classmethod
@@ -481,15 +563,26 @@ class EvaluateConfig(Strict):
         if duplicates:
             raise ValueError(f"models: label used twice: {', '.join(duplicates)}")
         if self.baseline is not None and self.baseline not in labels:
-            raise ValueError(f"baseline: '{self.baseline}' is not a model label{_suggest(self.baseline, labels)}")
+            raise ValueError(f"baseline: '{self.baseline}' is not a model label{suggest(self.baseline, labels)}")
         return self
 
     def local_files(self) -> list[str]:
         """Every local file this job reads (what preprocess decontaminates training data against)."""
-        files = [t.path for t in self.tasks if isinstance(t, EvalTaskConfig) and t.path]
-        files += list(self.data_overrides.values())
-        files += [f for f in (self.perplexity_texts, self.generation_prompts) if f and not f.startswith("builtin:")]
-        return list(dict.fromkeys(files))
+        return list(self.local_file_keys())
+
+    def local_file_keys(self) -> dict[str, str]:
+        """Every local file this job reads → the config key that names it (the first, if several do)."""
+        keys: dict[str, str] = {}
+        for t in self.tasks:
+            if isinstance(t, EvalTaskConfig):
+                keys.setdefault(t.path, f"evaluate.tasks[{t.name}].path")
+        for task, path in self.data_overrides.items():
+            keys.setdefault(path, f"evaluate.data_overrides.{task}")
+        for key in ("perplexity_texts", "generation_prompts"):
+            path = getattr(self, key)
+            if path and not path.startswith("builtin:"):
+                keys.setdefault(path, f"evaluate.{key}")
+        return keys
 
 
 def default_cache_root() -> Path:
@@ -521,7 +614,7 @@ class PipelineConfig(Strict):
     def _known_unique_jobs(cls, jobs: list[str]) -> list[str]:
         for job in jobs:
             if job not in JOB_NAMES:
-                raise ValueError(f"unknown job '{job}'{_suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
+                raise ValueError(f"unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
         duplicates = sorted({j for j in jobs if jobs.count(j) > 1})
         if duplicates:
             raise ValueError(f"job listed twice: {', '.join(duplicates)}")
@@ -530,7 +623,7 @@ class PipelineConfig(Strict):
     @field_validator("runs_root", "cache_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
-        return None if path is None else Path(os.path.abspath(os.path.expanduser(path)))
+        return None if path is None else Path(_abs_path(str(path)))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
@@ -655,7 +748,7 @@ def _fragment_path(name: str, section: str, base_dir: Path, origin: Origin) -> P
         known = sorted(p.stem for p in (root / folder).glob("*.yaml"))
         raise ConfigError(
             f"{origin}: {section}: no fragment '{name}' in {root / folder}"
-            f"{_suggest(name, known)}; known: {', '.join(known) or 'none'}"
+            f"{suggest(name, known)}; known: {', '.join(known) or 'none'}"
         )
     return path
 
@@ -692,7 +785,10 @@ def _expand(
     section = prefix[-1] if prefix else ""
     for inc in includes:
         where = origins.get(prefix + ("include",), Origin(str(stack[-1]) if stack else "config"))
-        _merge(doc, _load_file(_fragment_path(inc, section, base_dir, where), prefix, stack))
+        included = _fragment_path(inc, section, base_dir, where)
+        if not included.is_file():  # named where it is included, not only by its own path
+            raise ConfigError(f"{where}: {'.'.join((*prefix, 'include'))}: {included}: config file not found")
+        _merge(doc, _load_file(included, prefix, stack))
     own = _Doc()
     for key, value in data.items():
         if key == "include":
@@ -822,8 +918,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 # Error messages.
 
 
-def _suggest(word: str, options: typing.Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest option: a near spelling, or the one option it abbreviates."""
+def suggest(word: str, options: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest option: a near spelling, or the one option it abbreviates.
+    The one "did you mean" of kazhpc: config keys, job names, task names, data columns."""
     options = list(options)
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     if not match and len(word) >= 3:
@@ -837,6 +934,8 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     for part in loc:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
+        if str(part).isdigit():  # a list position: the list's item model stays current
+            continue
         info = current.model_fields.get(str(part))
         if info is None:
             return None
@@ -855,17 +954,52 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+def _without_union_tags(errors: list[Any]) -> list[Any]:
+    """Errors of a ``str | Model`` field (``evaluate.tasks``) as the user wrote it.
+
+    Given a mapping, pydantic reports every member: 'tasks.0.str: Input should be a valid string',
+    then the model's own errors under its class name ('tasks.0.EvalTaskConfig.kind: ...'). The other
+    members' type errors are dropped and the class name is taken out of the key.
+    """
+    members = {cls.__name__ for cls in _strict_models()}
+
+    def member(part: Any) -> bool:  # 'EvalTaskConfig', or 'function-after[_mapping(), EvalTaskConfig]'
+        return isinstance(part, str) and (part in members or part.rsplit(", ", 1)[-1].rstrip("]") in members)
+
+    tagged = {tuple(e["loc"][:i]) for e in errors for i, part in enumerate(e["loc"]) if member(part)}
+    kept = [
+        {**e, "loc": tuple(part for part in e["loc"] if not member(part))}
+        for e in errors
+        if tuple(e["loc"][:-1]) not in tagged or member(e["loc"][-1])
+    ]
+    return kept or errors
+
+
+def _strict_models() -> list[type[Strict]]:
+    found: list[type[Strict]] = []
+    todo = list(Strict.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return found
+
+
 def _describe(exc: ValidationError, doc: _Doc, path: Path, root: type[BaseModel] | None = None) -> str:
     """One line for a validation error; ``root`` is the validated model (PipelineConfig by default)."""
-    errors = exc.errors()
+    errors = _without_union_tags(exc.errors())
     first = errors[0]
     loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc)
-    origin = next((doc.origins[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in doc.origins), None)
+    # The key itself, else where its keys were written (an override 'a.typo.b=1' has no line for
+    # 'a.typo'), else the closest section above it.
+    origin = doc.origins.get(loc) or next((o for k, o in doc.origins.items() if loc and k[: len(loc)] == loc), None)
+    if origin is None:
+        origin = next((doc.origins[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in doc.origins), None)
     where = str(origin) if origin else str(path)
     if first["type"] == "extra_forbidden":
         parent = _model_at(root or PipelineConfig, loc[:-1])
-        hint = _suggest(loc[-1], parent.model_fields) if parent else ""
+        hint = suggest(loc[-1], parent.model_fields) if parent else ""
         message = f"{where}: {key}: unknown key{hint}"
     elif first["type"] == "missing":
         message = f"{where}: {key}: required key is missing"

@@ -3,9 +3,10 @@
 Two stages, so that the work spreads over SLURM array tasks and the result does not depend on it:
 
 * **part i/n** (``run_part``): every row whose position in its source is ≡ i (mod n) is read,
-  adapted to the canonical record, cleaned, language-checked, decontaminated, formatted with the
-  target model's chat template (exactly one <bos>, a non-empty assistant mask, at most
-  ``max_tokens``), and written as a candidate (with its dedup key and MinHash signature) or a reject.
+  adapted to the canonical record, cleaned (text spelling a special token rejected or neutralised),
+  language-checked, decontaminated, formatted with the target model's chat template (exactly one
+  <bos>, no control token but the template's, a non-empty assistant mask, at most ``max_tokens``),
+  and written as a candidate (with its dedup key and MinHash signature) or a reject.
 * **merge** (``merge_parts``): candidates of all parts in canonical order, exact and near-duplicate
   removal across all of them, row caps, the hash-based train/validation split and source weights,
   then the Parquet files, ``rejects.jsonl`` and ``manifest.json``.
@@ -83,11 +84,13 @@ class _RecordCleaner:
         from kazhpc.data.dedup import NearDuplicateIndex
         from kazhpc.data.decontam import Decontaminator
         from kazhpc.data.langid import LanguageIdentifier
+        from kazhpc.models import special_texts
 
         self.cfg = cfg.preprocess
         self.cleaning = cfg.preprocess.cleaning
         model = cfg.model
         self.tokenizer = _tokenizer(model.source, model.revision, model.chat_template, cfg.cache_root)
+        self.special = special_texts(self.tokenizer)
         self.ident = LanguageIdentifier(max_chars=200) if self.cleaning.language_id.enabled else None
         files = decontamination_files(cfg)
         decontam = self.cleaning.decontamination.model_copy(update={"files": files})
@@ -115,6 +118,23 @@ class _RecordCleaner:
                 self.fixes[name] += changed
                 self.rows_fixed[name] += 1
 
+    def _special_text(self, record: Record) -> None:
+        """Text that spells a special token (``<end_of_turn>`` in an answer would end the turn and
+        forge the next one, in the loss) never reaches the chat template as such: the record is
+        rejected, or (``special_tokens: neutralise``) the text is defused and counted as a fix."""
+        changed = 0
+        for message in record.messages:
+            found = self.special.find(message["content"])
+            if found is None:
+                continue
+            if self.cleaning.special_tokens == "reject":
+                raise Reject("special_token_text", f"{message['role']} turn contains {found!r} as text")
+            message["content"], n = self.special.neutralise(message["content"])
+            changed += n
+        if changed:
+            self.fixes["special_tokens"] += changed
+            self.rows_fixed["special_tokens"] += 1
+
     def check(self, record: Record, min_answer_words: int) -> str:
         """Clean and check one record (everything but formatting); return its dedup-normalised
         text, or raise Reject."""
@@ -124,6 +144,7 @@ class _RecordCleaner:
         if self.cfg.system_prompt and record.messages[0]["role"] != "system":
             record.messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
         self._normalise(record)
+        self._special_text(record)  # after every step that changes text
         for message in record.messages:
             if not message["content"].strip():
                 raise Reject("empty_text", f"empty {message['role']} turn after cleaning")
@@ -142,7 +163,7 @@ class _RecordCleaner:
         """Format checked records with the chat template, in one tokenizer call; per record a
         candidate (ids counted, dedup key, MinHash signature) or the Reject."""
         from kazhpc.data.dedup import exact_key_of
-        from kazhpc.models import check_single_bos, format_chats
+        from kazhpc.models import check_single_bos, format_chats, template_special_ids
 
         out: list[dict[str, Any] | Reject] = []
         for (record, normalized), formatted in zip(batch, format_chats(self.tokenizer, [r.messages for r, _ in batch])):
@@ -153,6 +174,12 @@ class _RecordCleaner:
                 check_single_bos(formatted["input_ids"], self.tokenizer, where=record.origin)
             except FormattingError as exc:
                 out.append(Reject("bad_bos", str(exc)))
+                continue
+            try:  # a guard: check() let no special-token text through, so the template's markers are all
+                roles = [m["role"] for m in record.messages]
+                self.special.check_ids(formatted["input_ids"], template_special_ids(self.tokenizer, roles), record.origin)
+            except FormattingError as exc:
+                out.append(Reject("special_token_ids", str(exc)))
                 continue
             answer_tokens = sum(formatted["assistant_masks"])
             num_tokens = len(formatted["input_ids"])
@@ -495,30 +522,36 @@ def _manifest(
 
 
 def preflight(cfg: PipelineConfig) -> list[str]:
+    from kazhpc.data.readers import preview_source
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
     warnings = []
     for source in cfg.preprocess.sources:
-        if source.path is not None and not Path(source.path).is_file():
+        if source.path is not None and not Path(source.path).exists():
             raise KazhpcError(f"preprocess.sources[{source.name}].path: {source.path}: file not found")
+        if source.path is not None:
+            # The header and first rows, read as the job reads them: an empty file or a missing
+            # column fails now, not after the queue; rows the job would reject are a warning.
+            warnings += preview_source(source)
         if source.hub is not None and os.environ.get("HF_HUB_OFFLINE") != "1" and not Path(source.hub).exists():
             warnings.append(f"source '{source.name}': '{source.hub}' will be fetched from the hub unless cached")
+    evaluation_keys = cfg.evaluate.local_file_keys()
     for path in decontamination_files(cfg):
         if not Path(path).is_file():
-            where = "decontamination.files" if path in cfg.preprocess.cleaning.decontamination.files else "evaluate (a local file)"
-            raise KazhpcError(f"preprocess.cleaning.{where}: {path}: file not found")
+            own = path in cfg.preprocess.cleaning.decontamination.files
+            key = "preprocess.cleaning.decontamination.files" if own else evaluation_keys.get(path, "evaluate")
+            raise KazhpcError(f"{key}: {path}: file not found")
     return warnings
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
+    from kazhpc.parts import run_missing_parts
+
     cfg = ctx.cfg
     count = cfg.preprocess.shards
-    for index in range(count):
-        if (part_dir(ctx.job_dir, index, count) / "stats.json").is_file():
-            log.info("preprocess part %d/%d already done (a SLURM array task): reused", index, count)
-            continue
-        run_part(cfg, ctx.job_dir, index, count)
+    run_missing_parts("preprocess", count, lambda i: part_dir(ctx.job_dir, i, count), "stats.json",
+                      lambda i: run_part(cfg, ctx.job_dir, i, count), ctx.inputs)
     manifest = merge_parts(cfg, ctx.job_dir, count)
     counts = manifest["counts"]
     metrics = {k: v for k, v in counts.items() if isinstance(v, (int, float))}

@@ -236,6 +236,48 @@ def test_kazparc_bad_csv_rows() -> None:
     assert len(adapt(source, 0, rows[0])) == 4
 
 
+def test_a_parallel_corpus_in_its_own_schema_by_column_mapping() -> None:
+    """A Kazakh/English file with fields Kazakh and English is a kazparc-kind source by config alone."""
+    path = DATA.parent / "parallel" / "kazakh_english.jsonl"
+    source = src("kazparc", path, directions=["kk-en", "en-kk"], columns={"kk": "Kazakh", "en": "English"})
+    assert required_columns(source) == {"Kazakh", "English"}
+    records, rejects = adapt_all(source)
+    assert rejects == [] and len(records) == 6 * 2
+    assert records[0].messages == chat(
+        "Төмендегі қазақша сөйлемді ағылшын тіліне аударыңыз:\n\nАуылда атам мен әжем тұрады.",
+        "My grandparents live in the village.",
+    )
+    assert records[1].messages[1]["content"] == "Ауылда атам мен әжем тұрады." and records[1].answer_language == "kk"
+    # Unmapped directions still need their columns: the default directions ask for Russian.
+    with pytest.raises(KazhpcError, match=r"missing column 'ru' \(columns: id, Kazakh, English\)"):
+        read(src("kazparc", path, columns={"kk": "Kazakh", "en": "English"}))
+    with pytest.raises(ValueError, match=r"unknown field 'kz'; fields: kk, en, ru, tr"):
+        src("kazparc", path, columns={"kz": "Kazakh"})
+    with pytest.raises(ValueError, match=r"columns is only for kind: custom \(fields\) and kind: kazparc"):
+        src("muri-it", path, columns={"prompt": "Kazakh"})
+
+
+def test_json_arrays_are_decoded_lazily_and_malformed_ones_name_their_line(tmp_path: Path) -> None:
+    from kazhpc.data.readers import preview_source
+
+    path = tmp_path / "big.json"
+    good = json.dumps({"input": "Сәлем", "output": "Сәлеметсіз бе, қалайсыз?"}, ensure_ascii=False)
+    path.write_text("[\n" + ",\n".join([good] * 3) + ",\n" + good[:-5] + "\n]\n", encoding="utf-8")
+    rows = iter_rows(src("muri-it", path))
+    assert [next(rows).origin for _ in range(3)] == [f"{path}#{i}" for i in range(3)]
+    with pytest.raises(KazhpcError, match=rf"^{path}:5: malformed JSON: "):
+        next(rows)
+    assert preview_source(src("muri-it", path), rows=3) == []  # a preview stops before the broken element
+    for text, message in [("[]", "empty input"), ("[" + good + "] x", r":1: malformed JSON: Extra data"),
+                          ("[" + good + " " + good + "]", r":1: malformed JSON: Expecting ',' delimiter"), ("[1]", None)]:
+        path.write_text(text, encoding="utf-8")
+        if message is None:
+            assert read(src("muri-it", path))[0].detail == "a JSON number, expected an object"
+        else:
+            with pytest.raises(KazhpcError, match=message):
+                read(src("muri-it", path))
+
+
 # -- ner ----------------------------------------------------------------------------------------
 
 
@@ -473,7 +515,7 @@ def test_empty_input() -> None:
     path = DATA / "empty.jsonl"
     with pytest.raises(KazhpcError) as info:
         read(src("muri-it", path, name="nothing"))
-    assert str(info.value) == f"{path}: empty input (source 'nothing')"
+    assert str(info.value) == f"{path}: empty input, no rows (source 'nothing')"
 
 
 def test_header_only_csv_is_empty(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,8 @@ def test_include_cycle(tmp_path: Path) -> None:
 
 def test_missing_include(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "p.yaml", "include: gone.yaml\n")
-    assert error_of(path) == f"{tmp_path / 'gone.yaml'}: config file not found"
+    # named where it is included (file:line, key), then by its own path
+    assert error_of(path) == f"{path}:1: include: {tmp_path / 'gone.yaml'}: config file not found"
 
 
 # -- resolved config ------------------------------------------------------------------------------
@@ -174,6 +176,70 @@ def test_paths_become_absolute_and_hash_is_stable(tmp_path: Path, monkeypatch: p
 
     again = load_config(write_yaml(tmp_path / "resolved.yaml", dump_yaml(first)))
     assert again == first
+
+
+def test_home_and_variables_in_paths_are_expanded_once_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kazhpc expands ~ and $VAR itself, so the path validated is the path every job (and the
+    datasets loader, which would expand a $ again) opens; an unset variable is an error."""
+    monkeypatch.setenv("KAZHPC_TEST_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = MINIMAL + textwrap.dedent("""
+        preprocess:
+          sources:
+            - {name: a, kind: muri-it, path: $KAZHPC_TEST_DATA/a.jsonl}
+            - {name: b, kind: muri-it, path: ~/b.jsonl}
+            - {name: c, kind: muri-it, hub: "${KAZHPC_TEST_DATA}/folder"}
+        evaluate:
+          data_overrides: {kk_dastur_mc: $KAZHPC_TEST_DATA/d.jsonl}
+        runs_root: $KAZHPC_TEST_DATA/runs
+        """)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", text))
+    assert [s.path or s.hub for s in cfg.preprocess.sources] == [
+        str(tmp_path / "data" / "a.jsonl"), str(tmp_path / "home" / "b.jsonl"), str(tmp_path / "data" / "folder")]
+    assert cfg.evaluate.data_overrides == {"kk_dastur_mc": str(tmp_path / "data" / "d.jsonl")}
+    assert cfg.runs_root == tmp_path / "data" / "runs"
+    monkeypatch.delenv("KAZHPC_TEST_DATA")
+    path = tmp_path / "c.yaml"
+    assert error_of(path) == (
+        f"{path}:14: runs_root: environment variable $KAZHPC_TEST_DATA is not set; "
+        "set it, or write the path out (got '$KAZHPC_TEST_DATA/runs') (+3 more errors)"
+    )
+
+
+def test_max_steps_is_a_positive_count_or_minus_one_for_epochs(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "c.yaml", MINIMAL)
+    assert load_config(path).train.max_steps == -1  # the default: train for `epochs`
+    assert load_config(path, ["train.max_steps=3"]).train.max_steps == 3
+    for steps in (-5, 0):
+        assert error_of(path, [f"train.max_steps={steps}"]) == (
+            f"override 'train.max_steps={steps}': train.max_steps: expected a positive number of optimizer steps, "
+            f"or -1 to train for `epochs` (got {steps})"
+        )
+
+
+def test_evaluate_task_entries_are_reported_as_written(tmp_path: Path) -> None:
+    """A mapping in evaluate.tasks is an mc/translation builder: its errors name its own keys, not
+    the other member of `str | EvalTaskConfig` ('tasks.0.str: Input should be a valid string')."""
+    path = write_yaml(tmp_path / "c.yaml", MINIMAL + textwrap.dedent("""
+        evaluate:
+          tasks:
+            - kk_dastur_mc
+            - {name: copa, kind: mc, path: copa.jsonl, colums: {question: premise}}
+        """))
+    assert error_of(path) == f"{path}:8: evaluate.tasks.1.colums: unknown key (did you mean 'columns'?)"
+    task = "evaluate.tasks=[{name: copa, kind: mc, path: copa.jsonl, columns: {%s}}]"
+    for columns, message in [
+        ("questoin: premise", "columns.questoin: unknown field (did you mean 'question'?); mc maps question, choices, answer"),
+        ("answer: [a, b]", "columns.answer: expected one column name, got a list"),
+        ("choices: [choice1]", "columns.choices: a list names two or more different columns, one per choice"),
+    ]:
+        assert error_of(path, [task % columns]).endswith(f"evaluate.tasks.0: {message}")
+    assert error_of(path, ["evaluate.tasks=[{name: t, kind: translation, path: t.jsonl, columns: {kz: Kazakh}}]"]).endswith(
+        "evaluate.tasks.0: columns.kz: unknown field; translation maps kk, en")
+    assert error_of(path, ["evaluate.tasks=[{name: t, kind: translation, path: t.jsonl, answer_format: index}]"]).endswith(
+        "evaluate.tasks.0: answer_format is for kind: mc")
+    assert error_of(path, ["evaluate.tasks=[7]"]).endswith("evaluate.tasks.0: Input should be a valid dictionary "
+                                                           "or instance of EvalTaskConfig (got 7)")
 
 
 def test_flatten() -> None:

@@ -132,8 +132,8 @@ def test_unknown_task_lists_the_closest_names() -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("bad_mc.jsonl", r"bad_mc.jsonl: row 3: task mine: answer 'D' is not one of the choices A, B, C"),
-        ("empty.jsonl", r"empty.jsonl: empty file \(no rows\)"),
+        ("bad_mc.jsonl", r"bad_mc.jsonl:3: task mine: answer 'D' is not one of the choices A, B, C"),
+        ("empty.jsonl", r"empty.jsonl: empty input, no rows \(evaluate.tasks\[mine\].path\)"),
         ("no_such_file.jsonl", r"evaluate.tasks\[mine\].path: .*no_such_file.jsonl: file not found"),
     ],
 )
@@ -231,5 +231,144 @@ def test_a_translation_row_without_its_reference_is_named(tmp_path: Path) -> Non
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"kk": "Сәлем.", "en": "Hello."}\n{"kk": "Рахмет."}\n', encoding="utf-8")
-    with pytest.raises(KazhpcError, match=r"pairs.jsonl: row 2: task tr: missing field 'en'"):
+    with pytest.raises(KazhpcError, match=r"pairs.jsonl:2: task tr: missing field 'en'"):
         preflight(eval_cfg(tasks=[EvalTaskConfig(name="tr", kind="translation", path=str(data))]))
+
+
+# --------------------------------------------------------------------------------------------
+# Bring your own schema: column mapping for the mc and translation builders.
+
+COPA = {"question": "premise", "choices": ["choice1", "choice2"], "answer": "label"}
+PARALLEL = REPO / "tests" / "fixtures" / "parallel" / "kazakh_english.jsonl"
+
+
+def test_mc_item_reads_choices_from_a_list_or_from_columns_and_every_answer_format() -> None:
+    from kazhpc.evaluation import prompts
+    from kazhpc.evaluation.suite import mc_item
+
+    row = {"q": "Сұрақ?", "opts": ["бір", "екі", "үш"], "a": "1", "o1": "бір", "o2": "екі", "o3": "үш"}
+
+    def target(answer: object, answer_format: str, choices: object = "opts") -> int:
+        item = mc_item({**row, "a": answer}, question="q", choices=choices, answer="a", answer_format=answer_format)
+        return prompts.doc_to_target(item)
+
+    assert target(1, "index") == 1 and target("1", "index") == 1  # CSV cells are text
+    assert target(1, "number") == 0 and target("3", "number", ["o1", "o2", "o3"]) == 2
+    assert target("c", "letter") == 2 and target("В", "letter") == 1  # a Cyrillic В
+    assert target(2, "auto") == 2 and target("B", "auto") == 1
+    for answer, answer_format, message in [
+        (3, "index", r"answer 3 is not among the 3 choices \(0–2\)"),
+        (0, "number", r"answer 0 is not among the 3 choices \(1–3\)"),
+        ("B", "number", r"answer 'B' is not a 1-based number"),
+        (1, "letter", r"answer 1 is not a letter"),
+        ("D", "letter", r"answer 'D' is not one of the choices A, B, C"),
+        (None, "index", r"the answer \(column 'a'\) is empty"),
+    ]:
+        with pytest.raises(prompts.BadItem, match=message):
+            target(answer, answer_format)
+    with pytest.raises(prompts.BadItem, match=r"column 'opts' holds str, expected a list of options"):
+        mc_item({**row, "opts": "бір, екі"}, question="q", choices="opts", answer="a", answer_format="index")
+    with pytest.raises(prompts.BadItem, match=r"option column 'o2' is empty"):
+        mc_item({**row, "o2": " "}, question="q", choices=["o1", "o2"], answer="a", answer_format="index")
+
+
+def test_a_copa_style_set_and_a_kazakh_english_corpus_score_by_config_alone() -> None:
+    """The fixtures in their own schemas go through lm-eval's evaluate (a scripted LM, no model)."""
+    from lm_eval.api.model import LM
+    from lm_eval.evaluator import evaluate
+
+    from kazhpc.config import EvalTaskConfig
+    from kazhpc.evaluation.suite import load_tasks, preflight
+
+    copa = EvalTaskConfig(name="copa_kk", kind="mc", path=str(FIX / "copa_kk.jsonl"), columns=COPA, answer_format="index")
+    pairs = EvalTaskConfig(name="kk_en_own", kind="translation", path=str(PARALLEL),
+                           columns={"kk": "Kazakh", "en": "English"})
+    tasks = load_tasks(preflight(eval_cfg(tasks=[copa, pairs])).tasks)
+    first = tasks["copa_kk"].eval_docs[0]
+    assert tasks["copa_kk"].doc_to_text(first).splitlines()[2:] == [
+        "Сұрақ: Ағам саусағын пышаққа кесіп алды.", "A. Ол нан турап отырған еді.", "B. Ол кітап оқып отырған еді.", "Жауап:"]
+    assert [tasks["copa_kk"].doc_to_target(d) for d in tasks["copa_kk"].eval_docs] == [0, 0, 1, 0, 1, 1]
+    english = {json.loads(line)["Kazakh"]: json.loads(line)["English"] for line in PARALLEL.read_text(encoding="utf-8").splitlines()}
+
+    class Scripted(LM):
+        """Always prefers the letter A; translates by looking the sentence up."""
+
+        def loglikelihood(self, requests):
+            return [(0.0 if r.args[1].strip() == "A" else -1.0, False) for r in requests]
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            return [english[r.args[0].splitlines()[-2].removeprefix("Қазақша: ")] for r in requests]
+
+    results = evaluate(Scripted(), {"tasks": tasks, "groups": {}}, bootstrap_iters=0)["results"]
+    assert results["copa_kk"]["acc,none"] == pytest.approx(3 / 6)  # labels 0, 0, 1, 0, 1, 1
+    assert results["kk_en_own"]["bleu,none"] == pytest.approx(100.0)
+    assert results["kk_en_own"]["chrf++,none"] == pytest.approx(100.0)
+
+
+def test_mapped_columns_are_checked_against_the_file_with_the_closest_name(tmp_path: Path) -> None:
+    from kazhpc.config import EvalTaskConfig
+    from kazhpc.errors import KazhpcError
+    from kazhpc.evaluation.suite import preflight
+
+    def refused(task: EvalTaskConfig) -> str:
+        with pytest.raises(KazhpcError) as caught:
+            preflight(eval_cfg(tasks=[task]))
+        return str(caught.value)
+
+    wrong = EvalTaskConfig(name="copa_kk", kind="mc", path=str(FIX / "copa_kk.jsonl"),
+                           columns={**COPA, "choices": ["choice1", "choise2"]}, answer_format="index")
+    assert refused(wrong) == (
+        f"{FIX / 'copa_kk.jsonl'}: evaluate.tasks[copa_kk].columns: missing column 'choise2' (did you mean 'choice2'?) "
+        "(columns: premise, choice1, choice2, question, label)"
+    )
+    pairs = EvalTaskConfig(name="tr", kind="translation", path=str(PARALLEL), columns={"kk": "kazakh", "en": "English"})
+    assert "missing column 'kazakh' (did you mean 'Kazakh'?)" in refused(pairs)
+    # An answer out of range is named by file and line, whatever the row.
+    lines = (FIX / "copa_kk.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "copa.jsonl"
+    bad.write_text("\n".join([lines[0].replace('"label": 0', '"label": 2'), *lines[1:]]) + "\n", encoding="utf-8")
+    out_of_range = EvalTaskConfig(name="copa_kk", kind="mc", path=str(bad), columns=COPA, answer_format="index")
+    assert refused(out_of_range) == f"{bad}:1: task copa_kk: answer 2 is not among the 2 choices (0–1)"
+    # The same set as a CSV, options in columns and the answer a 1-based number.
+    csv_file = tmp_path / "copa.csv"
+    csv_file.write_text("premise,choice1,choice2,label\nЖаңбыр жауды.,Жер суланды.,Жер құрғады.,1\n"
+                        "Шам сөнді.,Бөлме қараңғы болды.,Бөлме жарық болды.,3\n", encoding="utf-8")
+    numbered = EvalTaskConfig(name="copa_csv", kind="mc", path=str(csv_file), columns=COPA, answer_format="number")
+    assert refused(numbered) == f"{csv_file}:3: task copa_csv: answer 3 is not among the 2 choices (1–2)"
+
+
+def test_a_bad_first_row_is_named_by_file_and_line_for_builders_and_overrides(tmp_path: Path) -> None:
+    """lm-eval renders the first document while it builds a task; that failure is a row like any other."""
+    from kazhpc.config import EvalTaskConfig
+    from kazhpc.errors import KazhpcError
+    from kazhpc.evaluation.suite import preflight
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text('{"question": " ", "choices": ["а", "ә"], "answer": 0}\n{"question": "Сұрақ?", "choices": ["а", "ә"], "answer": 1}\n',
+                  encoding="utf-8")
+    with pytest.raises(KazhpcError, match=rf"^{mc}:1: task mine: the question is empty$"):
+        preflight(eval_cfg(tasks=[EvalTaskConfig(name="mine", kind="mc", path=str(mc))]))
+    dastur = tmp_path / "dastur.jsonl"
+    rows = (FIX / "dastur_mc.jsonl").read_text(encoding="utf-8").splitlines()
+    blank_question = json.dumps({**json.loads(rows[0]), "Question": ""}, ensure_ascii=False)
+    dastur.write_text("\n".join(["", blank_question, *rows[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(KazhpcError, match=rf"^{dastur}:2: task kk_dastur_mc: the question is empty$"):  # line 1 is blank
+        preflight(eval_cfg(tasks=["kk_dastur_mc"], data_overrides={"kk_dastur_mc": str(dastur)}))
+    belebele = tmp_path / "belebele.jsonl"
+    belebele.write_text((FIX / "belebele_kaz.jsonl").read_text(encoding="utf-8").replace('"flores_passage"', '"passage"'),
+                        encoding="utf-8")
+    with pytest.raises(KazhpcError, match=r"belebele.jsonl: evaluate.data_overrides.belebele_kaz_Cyrl: missing column "
+                                          r"'flores_passage' \(did you mean 'passage'\?\)"):
+        preflight(eval_cfg(tasks=["belebele_kaz_Cyrl"], data_overrides={"belebele_kaz_Cyrl": str(belebele)}))
+
+
+def test_an_mc_builder_without_columns_still_reads_a_leaderboard_schema_copy() -> None:
+    from kazhpc.config import EvalTaskConfig
+    from kazhpc.evaluation.suite import load_tasks, preflight
+
+    task = EvalTaskConfig(name="dastur_own", kind="mc", path=str(FIX / "dastur_mc.jsonl"))
+    loaded = load_tasks(preflight(eval_cfg(tasks=[task])).tasks)["dastur_own"]
+    assert loaded.doc_to_choice(loaded.eval_docs[0]) == ["A", "B", "C", "D"] and loaded.doc_to_target(loaded.eval_docs[1]) == 1

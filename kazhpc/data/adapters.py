@@ -16,7 +16,8 @@ Kinds and the columns they read (real schemas, see the dataset cards):
   (+ blank line + ``input`` when not empty) → user, ``output`` → assistant.
 - ``kazparc`` (issai/kazparc, config ``kazparc_raw``: ``id, kk, en, ru, tr, domain``): one record per
   ``source.directions`` entry whose two cells are both non-empty; sub-index = the direction's position
-  in ``source.directions``; ``meta`` holds ``direction`` and ``domain``.
+  in ``source.directions``; ``meta`` holds ``direction`` and ``domain``. Any parallel corpus fits:
+  ``source.columns`` maps a language to the file's column (``{kk: Kazakh, en: English}``).
 - ``ner-kazakh`` (yeshpanovrustem/ner-kazakh, KazNERD): ``tokens`` + ``ner_tags`` (ClassLabel ids,
   named by the features the reader attaches, else `KAZNERD_LABELS`; or IOB2 strings). The answer
   lists the entities one per line as ``<text> — <TYPE>``. IOB2 is read leniently, as seqeval's
@@ -107,10 +108,24 @@ def required_columns(source: SourceConfig, columns: Iterable[str] = ()) -> set[s
             )
         return set(source.columns.values())
     if source.kind == "kazparc":
-        return {lang for d in source.directions for lang in d.split("-")}
-    if source.kind == "mc" and "question" in set(columns) and "Question" not in set(columns):
-        return set(MC_UNT_COLUMNS)
+        return {_language_column(source, lang) for d in source.directions for lang in d.split("-")}
+    if source.kind == "mc":
+        return mc_schema_columns(columns)
     return set(REQUIRED_COLUMNS[source.kind])
+
+
+def mc_schema_columns(columns: Iterable[str]) -> set[str]:
+    """The columns of the multiple-choice schema a file with ``columns`` is in: the UNT one when it
+    has ``question`` and no ``Question``, the MMLU-style one otherwise."""
+    present = set(columns)
+    if "question" in present and "Question" not in present:
+        return set(MC_UNT_COLUMNS)
+    return set(REQUIRED_COLUMNS["mc"])
+
+
+def _language_column(source: SourceConfig, language: str) -> str:
+    """A parallel source's column for ``language``: as mapped in ``source.columns``, else the code."""
+    return source.columns.get(language, language)
 
 
 def adapt(source: SourceConfig, source_index: int, row: RawRow) -> list[Record]:
@@ -187,8 +202,8 @@ def _kazparc(source: SourceConfig, row: RawRow) -> list[Adapted]:
     out: list[Adapted] = []
     for k, direction in enumerate(source.directions):
         src, tgt = direction.split("-")
-        text = _text(row.data, src, required=False)
-        target = _text(row.data, tgt, required=False)
+        text = _text(row.data, _language_column(source, src), required=False)
+        target = _text(row.data, _language_column(source, tgt), required=False)
         if text is None or target is None:
             continue
         user = f"{translation_instruction(src, tgt)}\n\n{text.strip()}"

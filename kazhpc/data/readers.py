@@ -21,6 +21,10 @@ input                  origin                                        index
 
 Index counts good and bad rows alike, so ``order`` keys do not move when a row turns bad.
 
+`iter_file` reads any local data file the same way (the evaluate job's task files and overrides);
+`preview_source` is what ``kazhpc validate`` reads of a source: its header and first few rows, so
+that an empty file or a wrong column fails before a job is queued, at the cost of a few rows.
+
 **Label names.** A ``ClassLabel`` column (KazNERD's ``ner_tags``) keeps its integer ids in the row;
 the names are attached to every row as ``row.data[LABEL_NAMES_KEY]`` = ``{column: [name, ...]}``
 (one shared dict per source, not a copy per row). They come from the dataset's features, for hub
@@ -34,23 +38,30 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kazhpc.config import SourceConfig
-from kazhpc.data.adapters import LABEL_NAMES_KEY, required_columns
+from kazhpc.config import SourceConfig, suggest
+from kazhpc.data.adapters import LABEL_NAMES_KEY, adapt, required_columns
 from kazhpc.data.records import RawRow, Reject
 from kazhpc.errors import KazhpcError
 
 #: File extensions read by `iter_rows`, and the reader for each.
 EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+#: Rows `preview_source` reads (the header, or the first object's keys, comes with the first).
+PREVIEW_ROWS = 5
 
 _BATCH_ROWS = 1024
+
+#: Called with a file's columns before its first row is yielded; raises when one is missing.
+ColumnCheck = Callable[[list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -78,44 +89,98 @@ def iter_rows(source: SourceConfig, *, check: bool = True) -> Iterator[RawRow | 
         yield from _hub_rows(source, check)
         return
     assert source.path is not None  # SourceConfig guarantees exactly one of path / hub
-    path = Path(source.path)
-    ext = path.suffix.lower()
+
+    def columns(names: list[str]) -> None:
+        check_columns(source, names, required_columns(source, names))
+
+    if Path(source.path).is_dir():
+        raise KazhpcError(f"{source.path}: is a directory; for a dataset folder write 'hub: {source.path}'")
+    yield from iter_file(source.path, columns if check else None, owner=f"source '{source.name}'")
+
+
+def iter_file(path: str, columns: ColumnCheck | None = None, *, owner: str = "") -> Iterator[RawRow | BadRow]:
+    """Every row of a local JSONL / JSON / CSV / Parquet file, as `iter_rows` reads a source's.
+
+    ``columns`` is called with the file's columns (the CSV header, the Parquet schema, the first
+    JSON object's keys) before the first row is yielded. ``owner`` (``source 'x'``, a config key)
+    is named in the errors about the file as a whole: missing, a folder, an unknown type, no rows.
+    """
+    of = f" ({owner})" if owner else ""
+    file = Path(path)
+    ext = file.suffix.lower()
     if ext not in EXTENSIONS:
         raise KazhpcError(
-            f"{source.path}: unsupported file type '{path.suffix or '(none)'}' for source "
-            f"'{source.name}'; use .jsonl, .json, .csv or .parquet (or hub: for a dataset folder)"
+            f"{path}: unsupported file type '{file.suffix or '(none)'}'{of}; use .jsonl, .json, .csv or .parquet"
         )
-    if path.is_dir():
-        raise KazhpcError(f"{source.path}: is a directory; for a dataset folder write 'hub: {source.path}'")
-    if not path.is_file():
-        raise KazhpcError(f"{source.path}: file not found (source '{source.name}')")
+    if file.is_dir():
+        raise KazhpcError(f"{path}: is a directory, expected a file{of}")
+    if not file.is_file():
+        raise KazhpcError(f"{path}: file not found{of}")
     if ext == ".parquet":
-        rows = _parquet_rows(source, path, check)
+        rows = _parquet_rows(path, file, columns)
     elif ext == ".csv":
-        rows = _csv_rows(source, path, check)
+        rows = _csv_rows(path, file, columns)
     elif ext == ".json":
-        rows = _json_rows(source, path, check)
+        rows = _json_rows(path, file, columns)
     else:
-        rows = _jsonl_rows(source, path, _text_lines(source.path, path), check)
+        rows = _jsonl_rows(path, _text_lines(path, file), columns)
     empty = True
     for row in rows:
         empty = False
         yield row
     if empty:
-        raise KazhpcError(f"{source.path}: empty input (source '{source.name}')")
+        raise KazhpcError(f"{path}: empty input, no rows{of}")
+
+
+def preview_source(source: SourceConfig, rows: int = PREVIEW_ROWS) -> list[str]:
+    """Read a local source's header and first ``rows`` rows and adapt them, as the job will.
+
+    A missing, empty, undecodable or unreadable file, or a missing column, raises `KazhpcError`
+    (what would stop the job). Rows among the first that the job would reject (malformed, or
+    refused by the adapter) are not errors, the job goes on past them: they come back as one
+    warning naming the first of them by ``file:line``.
+    """
+    bad: list[tuple[str, str, str]] = []
+    read = 0
+    for item in itertools.islice(iter_rows(source), rows):
+        read += 1
+        if isinstance(item, BadRow):
+            bad.append((item.origin, item.reason, item.detail))
+            continue
+        try:
+            adapt(source, 0, item)
+        except Reject as rej:
+            bad.append((item.origin, rej.reason, rej.detail))
+    if not bad:
+        return []
+    origin, reason, detail = bad[0]
+    return [f"source '{source.name}': {len(bad)} of the first {read} rows would be rejected; first: {origin}: {reason} ({detail})"]
 
 
 def check_columns(source: SourceConfig, first_row_keys: Iterable[str], required: set[str]) -> None:
-    """Raise `KazhpcError` naming the file and the first missing column, if any is missing."""
-    present = [k for k in first_row_keys if not str(k).startswith("_")]
-    missing = sorted(required - set(present))
+    """Raise `KazhpcError` naming the file and the missing columns (each with the closest present one)."""
+    problem = missing_columns(first_row_keys, required)
+    if problem:
+        raise KazhpcError(f"{_where(source)}: source '{source.name}' ({source.kind}): {problem}")
+
+
+def missing_columns(present: Iterable[str], required: Iterable[str]) -> str | None:
+    """What is missing from ``present``, for an error line: ``missing column 'X' (did you mean 'x'?)
+    (columns: ...)``; None when nothing is. A lone header cell holding ';' or a tab is named as a
+    CSV written with another delimiter."""
+    present = [str(k) for k in present if not str(k).startswith("_")]
+    missing = sorted(set(required) - set(present))
     if not missing:
-        return
-    what = f"column '{missing[0]}'" if len(missing) == 1 else "columns " + ", ".join(f"'{m}'" for m in missing)
-    raise KazhpcError(
-        f"{_where(source)}: source '{source.name}' ({source.kind}): missing {what} "
-        f"(columns: {', '.join(map(str, present)) or 'none'})"
-    )
+        return None
+    delimiter = next((d for d in (";", "\t", "|") if len(present) == 1 and d in present[0]), None)
+    if delimiter is not None:
+        hint = f"; the header is one column: is the file {delimiter!r}-separated? CSV files are read comma-separated"
+        named = ", ".join(f"'{m}'" for m in missing)
+    else:
+        hint = ""
+        named = ", ".join(f"'{m}'{suggest(m, present)}" for m in missing)
+    what = f"column {named}" if len(missing) == 1 else f"columns {named}"
+    return f"missing {what} (columns: {', '.join(present) or 'none'}){hint}"
 
 
 def label_names_of(row: RawRow, column: str) -> list[str] | None:
@@ -158,24 +223,22 @@ def _clip(text: str) -> str:
     return text if len(text) <= 2000 else text[:2000] + "…"
 
 
-def _jsonl_rows(
-    source: SourceConfig, path: Path, lines: Iterable[tuple[int, str]], check: bool
-) -> Iterator[RawRow | BadRow]:
+def _jsonl_rows(shown: str, lines: Iterable[tuple[int, str]], columns: ColumnCheck | None) -> Iterator[RawRow | BadRow]:
     index = 0
-    checked = not check
     for number, line in lines:
         if not line.strip():
             continue
-        origin = f"{source.path}:{number}"
+        origin = f"{shown}:{number}"
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield BadRow(origin, index, "malformed_json", f"{exc.msg} at column {exc.colno}", _clip(line))
+            detail = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"  # "Unterminated string starting at"
+            yield BadRow(origin, index, "malformed_json", detail, _clip(line))
         else:
             if isinstance(data, dict):
-                if not checked:
-                    check_columns(source, data.keys(), required_columns(source, data.keys()))
-                    checked = True
+                if columns is not None:
+                    columns(list(data.keys()))
+                    columns = None
                 yield RawRow(data=data, origin=origin, index=index)
             else:
                 detail = f"a JSON {_json_type(data)}, expected an object"
@@ -189,47 +252,69 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _json_rows(source: SourceConfig, path: Path, check: bool) -> Iterator[RawRow | BadRow]:
-    """A JSON array of objects, or JSON Lines content in a .json file (told apart by the first character)."""
-    first = _first_char(source.path, path)
-    if first is None:
+def _json_rows(shown: str, path: Path, columns: ColumnCheck | None) -> Iterator[RawRow | BadRow]:
+    """A JSON array of objects, or JSON Lines content in a .json file (told apart by the first character).
+
+    Both are decoded lazily, an element or a line at a time, so a preview costs a few rows."""
+    lines = _text_lines(shown, path)
+    head: list[tuple[int, str]] = []
+    for number, line in lines:
+        head.append((number, line))
+        if line.strip():
+            break
+    else:
+        return  # no content: the caller reports the empty file
+    first = head[-1][1].strip()
+    if first.startswith("["):
+        text = "\n".join(line for _, line in itertools.chain(head, lines))
+        yield from _json_array_rows(shown, text, columns)
         return
-    if first != "[":
-        lines = list(_text_lines(source.path, path))
-        head = next(line for _, line in lines if line.strip())
-        if first == "{" and not _parses(head):
-            # Not JSON Lines after all? A pretty-printed object is a wrong layout, not bad rows.
-            text = "\n".join(line for _, line in lines)
-            if _parses(text):
-                raise KazhpcError(
-                    f"{source.path}: a single JSON object at the top; expected an array of objects or JSON Lines"
-                )
-        yield from _jsonl_rows(source, path, lines, check)
-        return
-    text = "\n".join(line for _, line in _text_lines(source.path, path))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise KazhpcError(f"{source.path}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from None
-    checked = not check
-    for index, item in enumerate(data):
-        origin = f"{source.path}#{index}"
+    if first.startswith("{") and not _parses(first):
+        # Not JSON Lines after all? A pretty-printed object is a wrong layout, not bad rows.
+        head += list(lines)
+        if _parses("\n".join(line for _, line in head)):
+            raise KazhpcError(f"{shown}: a single JSON object at the top; expected an array of objects or JSON Lines")
+    yield from _jsonl_rows(shown, itertools.chain(head, lines), columns)
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_array_rows(shown: str, text: str, columns: ColumnCheck | None) -> Iterator[RawRow | BadRow]:
+    """The elements of the JSON array ``text`` as rows, decoded one at a time; malformed JSON
+    anywhere stops the file (its line is named), since no element after it can be placed."""
+    decoder = json.JSONDecoder()
+    pos = _JSON_SPACE.match(text, text.index("[") + 1).end()
+    index = 0
+    while not text.startswith("]", pos):
+        if index:
+            if not text.startswith(",", pos):
+                raise _malformed_json(shown, text, pos, "Expecting ',' delimiter")
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise _malformed_json(shown, text, exc.pos, exc.msg.removesuffix(" at")) from None
+        pos = _JSON_SPACE.match(text, pos).end()
+        origin = f"{shown}#{index}"
         if not isinstance(item, dict):
             detail = f"a JSON {_json_type(item)}, expected an object"
             yield BadRow(origin, index, "malformed_json", detail, _clip(json.dumps(item, ensure_ascii=False)))
-            continue
-        if not checked:
-            check_columns(source, item.keys(), required_columns(source, item.keys()))
-            checked = True
-        yield RawRow(data=item, origin=origin, index=index)
+        else:
+            if columns is not None:
+                columns(list(item.keys()))
+                columns = None
+            yield RawRow(data=item, origin=origin, index=index)
+        index += 1
+    end = _JSON_SPACE.match(text, pos + 1).end()
+    if end < len(text):
+        raise _malformed_json(shown, text, end, "Extra data")
 
 
-def _first_char(shown: str, path: Path) -> str | None:
-    for _, line in _text_lines(shown, path):
-        stripped = line.strip()
-        if stripped:
-            return stripped[0]
-    return None
+def _malformed_json(shown: str, text: str, pos: int, message: str) -> KazhpcError:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    return KazhpcError(f"{shown}:{line}: malformed JSON: {message} at column {column}")
 
 
 def _parses(text: str) -> bool:
@@ -266,10 +351,10 @@ class _LineCounter:
         return text.removeprefix("\ufeff") if self.number == 1 else text
 
 
-def _csv_rows(source: SourceConfig, path: Path, check: bool) -> Iterator[RawRow | BadRow]:
+def _csv_rows(shown: str, path: Path, columns: ColumnCheck | None) -> Iterator[RawRow | BadRow]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long answers; the default is 128 KiB
     with path.open("rb") as handle:
-        lines = _LineCounter(source.path or str(path), handle)
+        lines = _LineCounter(shown, handle)
         reader = csv.reader(lines)
         header: list[str] | None = None
         index = 0
@@ -281,8 +366,8 @@ def _csv_rows(source: SourceConfig, path: Path, check: bool) -> Iterator[RawRow 
                 break
             except csv.Error as exc:
                 if header is None:
-                    raise KazhpcError(f"{source.path}:{last_line + 1}: malformed CSV header: {exc}") from None
-                origin = f"{source.path}:{last_line + 1}"
+                    raise KazhpcError(f"{shown}:{last_line + 1}: malformed CSV header: {exc}") from None
+                origin = f"{shown}:{last_line + 1}"
                 yield BadRow(origin, index, "malformed_csv", str(exc), "")
                 index += 1
                 last_line = lines.number
@@ -294,11 +379,11 @@ def _csv_rows(source: SourceConfig, path: Path, check: bool) -> Iterator[RawRow 
                 header = [h.strip() for h in fields]
                 duplicates = sorted({h for h in header if header.count(h) > 1})
                 if duplicates:
-                    raise KazhpcError(f"{source.path}:{start}: duplicate column '{duplicates[0]}' in the CSV header")
-                if check:
-                    check_columns(source, header, required_columns(source, header))
+                    raise KazhpcError(f"{shown}:{start}: duplicate column '{duplicates[0]}' in the CSV header")
+                if columns is not None:
+                    columns(header)
                 continue
-            origin = f"{source.path}:{start}"
+            origin = f"{shown}:{start}"
             if len(fields) != len(header):
                 detail = f"{len(fields)} fields, the header has {len(header)}"
                 yield BadRow(origin, index, "malformed_csv", detail, _clip(_join_csv(fields)))
@@ -342,24 +427,24 @@ def _parquet_label_names(schema: Any) -> dict[str, list[str]]:
         return {}
 
 
-def _parquet_rows(source: SourceConfig, path: Path, check: bool) -> Iterator[RawRow]:
+def _parquet_rows(shown: str, path: Path, columns: ColumnCheck | None) -> Iterator[RawRow]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise KazhpcError(f"{source.path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise KazhpcError(f"{shown}: not a readable Parquet file ({_first_line(exc)})") from None
     schema = parquet.schema_arrow
-    if check:
-        check_columns(source, schema.names, required_columns(source, schema.names))
+    if columns is not None:
+        columns(list(schema.names))
     names = _parquet_label_names(schema)
     index = 0
     for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
         for data in batch.to_pylist():
             if names:
                 data[LABEL_NAMES_KEY] = names
-            yield RawRow(data=data, origin=f"{source.path}#{index}", index=index)
+            yield RawRow(data=data, origin=f"{shown}#{index}", index=index)
             index += 1
 
 

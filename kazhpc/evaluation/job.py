@@ -57,17 +57,18 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
 def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.evaluation.sharding import DONE, merge, part_dir, run_part as evaluate_part
 
+    from kazhpc.parts import run_missing_parts
+
     cfg = ctx.cfg
     count = cfg.evaluate.shards
-    for index in range(count):
-        if (part_dir(ctx.job_dir, index, count) / DONE).is_file():
-            log.info("evaluate part %d/%d already done (a SLURM array task): reused", index, count)
-            continue
-        evaluate_part(cfg, ctx.job_dir, index, count)
+    run_missing_parts("evaluate", count, lambda i: part_dir(ctx.job_dir, i, count), DONE,
+                      lambda i: evaluate_part(cfg, ctx.job_dir, i, count), ctx.inputs)
     results = merge(cfg, ctx.job_dir, count)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     ctx.tracking.log_artifact(results_file)
+    if (ctx.job_dir / "rejects.jsonl").is_file():  # documents left out for special-token text
+        ctx.tracking.log_artifact(ctx.job_dir / "rejects.jsonl")
     report = _report(ctx, results)
     generations = _generations(ctx)
     parts = [json.loads((part_dir(ctx.job_dir, i, count) / DONE).read_text()) for i in range(count)]
@@ -103,7 +104,8 @@ def _generations(ctx: JobContext) -> str | None:
     generators = {}
     for model_cfg in cfg.evaluate.models:
         model, tokenizer = load_for_eval(cfg, model_cfg, ctx.run_dir)
-        generators[model_cfg.label] = greedy_generator(model, tokenizer, max_new_tokens=cfg.evaluate.generation_max_new_tokens, batch_size=cfg.evaluate.batch_size)
+        generators[model_cfg.label] = greedy_generator(model, tokenizer, max_new_tokens=cfg.evaluate.generation_max_new_tokens, batch_size=cfg.evaluate.batch_size,
+                                                     special_tokens=cfg.evaluate.special_tokens)
     path = side_by_side(generators, prompts, ctx.job_dir / "generations.html")
     ctx.tracking.log_artifact(path)
     jsonl = Path(path).with_suffix(".jsonl")

@@ -3,17 +3,20 @@
 lm-eval's ``HFLM`` takes a model object, so the configured model is loaded once by kazhpc
 (``kazhpc.models.load_model``: the bundled Gemma-3-270M by default) and the adapter is applied by
 peft. Gemma needs exactly one ``<bos>``: :class:`CheckedHFLM` verifies it on every request the model
-sees (log-likelihood inputs and generation prompts) and counts the checked requests.
+sees (log-likelihood inputs and generation prompts) and counts the checked requests. It also checks
+that no other control token is among them: documents that spell one are left out of the plan
+(``evaluate.special_tokens: reject``) or neutralised here before tokenisation (``neutralise``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
-from kazhpc.models import check_single_bos, load_model, load_tokenizer
+from kazhpc.models import check_single_bos, load_model, load_tokenizer, special_texts
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalModelConfig, PipelineConfig
@@ -52,13 +55,26 @@ def base_for_adapter(cfg: PipelineConfig, path: Path, run_dir: Path | None) -> A
     return cfg.model if source == cfg.model.source else cfg.model.model_copy(update={"source": source})
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str, revision: str | None, chat_template: str, cache_root: Path) -> Any:
+    from kazhpc.config import ModelConfig
+
+    return load_tokenizer(ModelConfig(name="tokenizer", source=source, revision=revision, chat_template=chat_template), cache_root)
+
+
+def eval_tokenizer(model_cfg: Any, cache_root: Path) -> Any:
+    """A model's tokenizer, loaded once per process (seconds for a 262k vocabulary): the plan's
+    special-token screen and the model under test share it."""
+    return _tokenizer(model_cfg.source, model_cfg.revision, model_cfg.chat_template, Path(cache_root))
+
+
 def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> tuple[Any, Any]:
     """(model, tokenizer) for one model under test, in eval mode on the CPU or the first GPU."""
     import torch
 
     path = adapter_dir(cfg, model, run_dir)
     model_cfg = cfg.model if path is None else base_for_adapter(cfg, path, run_dir)
-    tokenizer = load_tokenizer(model_cfg, cfg.cache_root)
+    tokenizer = eval_tokenizer(model_cfg, cfg.cache_root)
     base = load_model(model_cfg, cfg.cache_root)
     if torch.cuda.is_available():
         base = base.to("cuda")
@@ -73,23 +89,53 @@ def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | N
     return adapted.eval(), tokenizer
 
 
-def checked_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
-    """An lm-eval HFLM around a loaded model that checks the one-<bos> rule on every request."""
+def model_sources_under_test(cfg: PipelineConfig, run_dir: Path | None) -> list[Any]:
+    """The distinct model configs whose tokenizers the models under test use (an adapter's base may
+    be the extend-vocab job's model); adapters not written yet count as the configured model."""
+    found = {cfg.model.source: cfg.model}
+    for model in cfg.evaluate.models:
+        try:
+            path = adapter_dir(cfg, model, run_dir)
+        except KazhpcError:
+            continue
+        if path is not None:
+            base = base_for_adapter(cfg, path, run_dir)
+            found.setdefault(base.source, base)
+    return list(found.values())
+
+
+def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str = "reject") -> Any:
+    """An lm-eval HFLM around a loaded model that checks every request: one leading <bos>, and no
+    other control token. With ``special_tokens="neutralise"`` text that spells a special token is
+    neutralised before it is tokenised; with ``"reject"`` such documents were left out of the plan,
+    so meeting one here is a bug (FormattingError)."""
     from lm_eval.models.huggingface import HFLM
+
+    special = special_texts(tokenizer)
+    neutralise = special_tokens == "neutralise"
 
     class CheckedHFLM(HFLM):
         bos_checked = 0
 
+        def _check(self, ids: list[int], where: str) -> None:
+            check_single_bos(ids, self.tokenizer, where=where)
+            special.check_ids(ids, {self.tokenizer.bos_token_id: 1}, where=where)
+
+        def tok_encode(self, string, *args, **kwargs):  # type: ignore[override]
+            return super().tok_encode(special.neutralise(string)[0] if neutralise else string, *args, **kwargs)
+
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):  # type: ignore[override]
             for (context, _), context_enc, continuation_enc in requests:
-                check_single_bos(context_enc + continuation_enc, self.tokenizer, where=f"request {context[:60]!r}")
+                self._check(context_enc + continuation_enc, f"request {context[:60]!r}")
             self.bos_checked += len(requests)
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
         def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):  # type: ignore[override]
+            if neutralise:
+                strings = [special.neutralise(text)[0] for text in strings]
             ids, mask = super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
             for text, row, keep in zip(strings, ids, mask):
-                check_single_bos(row[keep.bool()].tolist(), self.tokenizer, where=f"prompt {text[:60]!r}")
+                self._check(row[keep.bool()].tolist(), f"prompt {text[:60]!r}")
             self.bos_checked += len(strings)
             return ids, mask
 

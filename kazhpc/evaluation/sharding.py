@@ -4,6 +4,9 @@
   choice for multiple choice, one per generation), cut into ``n`` contiguous runs of about equal
   weight: a shard is a list of (task, document range) units. The plan depends only on the data and
   ``n``, so every array task computes the same one (each part stores it; the merge compares them).
+  A document whose prompt, choices or target spells a special token (``<eos>``, ``<end_of_turn>``)
+  is listed in the plan; with ``evaluate.special_tokens: reject`` it weighs 0, no part scores it,
+  and the merge counts it per task (``extra.excluded``, beside ``n``) and writes it to ``rejects.jsonl``.
 * **Part**: lm-eval's own ``evaluate`` on the shard's documents (``samples=``), per model, with
   ``log_samples``; the per-document metric values, predictions and targets go to JSONL.
 * **Merge**: per model and task, the per-document values of all parts in document order go through
@@ -22,13 +25,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.suite import Suite, TaskSpec, chance_of, check_documents, load_tasks, resolve
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
+    from kazhpc.models import SpecialTexts
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ PARTS = "parts"
 DONE = "done.json"
 #: Per-document fields that are not metric values.
 RESERVED = ("doc_id", "filter", "prediction", "target", "num_choices", "scores", "hypothesis", "reference")
+#: The reason a document is left out of scoring or neutralised: its text spells a special token.
+SPECIAL_TEXT = "special_token_text"
 
 
 @dataclass(frozen=True)
@@ -82,20 +88,82 @@ def make_plan(weights: dict[str, list[int]], count: int) -> list[list[Unit]]:
     return shards
 
 
-def plan_dict(plan: list[list[Unit]]) -> dict[str, Any]:
+def plan_dict(
+    plan: list[list[Unit]], flagged: Mapping[str, list[dict[str, Any]]] | None = None, handling: str = "reject"
+) -> dict[str, Any]:
+    """The plan as stored by every part; its sha256 covers the shards and the flagged documents."""
     shards = [[asdict(u) for u in units] for units in plan]
-    digest = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()[:16]
-    return {"count": len(plan), "sha256": digest, "requests": [sum(u.requests for u in s) for s in plan], "shards": shards}
+    special = {"handling": handling, "documents": dict(flagged or {})}
+    digest = hashlib.sha256(json.dumps({"shards": shards, SPECIAL_TEXT: special}, sort_keys=True).encode()).hexdigest()[:16]
+    return {"count": len(plan), "sha256": digest, "requests": [sum(u.requests for u in s) for s in plan],
+            "shards": shards, SPECIAL_TEXT: special}
 
 
-def prepare(cfg: PipelineConfig) -> tuple[Suite, dict[str, Any], list[list[Unit]]]:
-    """The suite, its lm-eval tasks (documents checked) and the plan for ``evaluate.shards``."""
+def excluded_documents(info: dict[str, Any]) -> dict[str, set[int]]:
+    """Task → the documents a stored plan leaves out of scoring (none when it neutralises)."""
+    special = info.get(SPECIAL_TEXT) or {}
+    if special.get("handling", "reject") != "reject":
+        return {}
+    return {task: {hit["doc_id"] for hit in hits} for task, hits in (special.get("documents") or {}).items()}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, (list, tuple)) else []
+
+
+def special_text_documents(task: Any, n: int, specials: list[SpecialTexts]) -> list[dict[str, Any]]:
+    """Of the first ``n`` documents, those whose prompt, choices or target spells a special token
+    of any tokenizer under test: ``{"doc_id", "field", "token"}`` each, in document order."""
+    docs = task.eval_docs
+    found = []
+    for doc_id in range(n):
+        doc = docs[doc_id]
+        fields = [("prompt", task.doc_to_text(doc))]
+        if task.OUTPUT_TYPE == "multiple_choice":
+            fields.append(("choices", task.doc_to_choice(doc)))
+        fields.append(("target", task.doc_to_target(doc)))
+        for field, value in fields:
+            token = next((t for text in _strings(value) for sp in specials if (t := sp.find(text))), None)
+            if token is not None:
+                found.append({"doc_id": doc_id, "field": field, "token": token})
+                break
+    return found
+
+
+def prepare(
+    cfg: PipelineConfig, run_dir: Path | None = None
+) -> tuple[Suite, dict[str, Any], list[list[Unit]], dict[str, list[dict[str, Any]]]]:
+    """The suite, its lm-eval tasks (documents checked), the plan for ``evaluate.shards``, and by
+    task the documents that spell a special token (with ``special_tokens: reject`` they weigh 0)."""
+    from kazhpc.evaluation.models import eval_tokenizer, model_sources_under_test
+    from kazhpc.models import special_texts
+
     suite = resolve(cfg.evaluate)
     tasks = load_tasks(suite.tasks)
     for spec in suite.tasks:
         check_documents(tasks[spec.name], spec)
-    weights = {spec.name: doc_requests(tasks[spec.name], cfg.evaluate.limit) for spec in suite.tasks}
-    return suite, tasks, make_plan(weights, cfg.evaluate.shards)
+    specials = [special_texts(eval_tokenizer(m, cfg.cache_root)) for m in model_sources_under_test(cfg, run_dir)]
+    weights: dict[str, list[int]] = {}
+    flagged: dict[str, list[dict[str, Any]]] = {}
+    for spec in suite.tasks:
+        per_doc = doc_requests(tasks[spec.name], cfg.evaluate.limit)
+        found = special_text_documents(tasks[spec.name], len(per_doc), specials)
+        if found:
+            flagged[spec.name] = found
+        if found and cfg.evaluate.special_tokens == "reject":
+            if len(found) == len(per_doc):
+                first = found[0]
+                raise KazhpcError(
+                    f"evaluate: task {spec.name}: all {len(per_doc)} documents spell a special token (row "
+                    f"{first['doc_id'] + 1}: {first['token']!r} in its {first['field']}); fix the data or set "
+                    "evaluate.special_tokens=neutralise"
+                )
+            for hit in found:
+                per_doc[hit["doc_id"]] = 0  # in its unit's range, but never scored
+        weights[spec.name] = per_doc
+    return suite, tasks, make_plan(weights, cfg.evaluate.shards), flagged
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,14 +207,23 @@ def per_document(task: Any, example: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def evaluate_units(lm: Any, tasks: dict[str, Any], units: list[Unit], bootstrap: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """lm-eval's evaluate on the units' documents; per-document lines by task."""
+def evaluate_units(
+    lm: Any, tasks: dict[str, Any], units: list[Unit], bootstrap: bool = False,
+    skip: Mapping[str, Iterable[int]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """lm-eval's evaluate on the units' documents but those in ``skip``; per-document lines by task."""
     from lm_eval.evaluator import evaluate
 
-    if not units:
-        return {}
+    skip = {name: set(docs) for name, docs in (skip or {}).items()}
     names = list(dict.fromkeys(u.task for u in units))
-    samples = {name: [d for u in units if u.task == name for d in range(u.start, u.end)] for name in names}
+    samples = {
+        name: [d for u in units if u.task == name for d in range(u.start, u.end) if d not in skip.get(name, ())]
+        for name in names
+    }
+    samples = {name: docs for name, docs in samples.items() if docs}
+    names = list(samples)
+    if not names:
+        return {}
     results = evaluate(
         lm,
         {"tasks": {name: tasks[name] for name in names}, "groups": {}},
@@ -170,16 +247,17 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
     folder = part_dir(job_dir, index, count)
     (folder / DONE).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    suite, tasks, plan = prepare(cfg)
-    info = plan_dict(plan)
+    run_dir = job_dir.parent
+    suite, tasks, plan, flagged = prepare(cfg, run_dir)
+    info = plan_dict(plan, flagged, cfg.evaluate.special_tokens)
     (folder / "plan.json").write_text(json.dumps(info, indent=1))
     units = plan[index]
-    run_dir = job_dir.parent
+    skip = excluded_documents(info)
     checked: dict[str, int] = {}
     for model_cfg in cfg.evaluate.models:
         model, tokenizer = load_for_eval(cfg, model_cfg, run_dir)
-        lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size)
-        for name, rows in evaluate_units(lm, tasks, units).items():
+        lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size, cfg.evaluate.special_tokens)
+        for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
             _write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
         checked[model_cfg.label] = lm.bos_checked
         if index == 0 and cfg.evaluate.perplexity_texts is not None:
@@ -247,10 +325,20 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
     suite = resolve(cfg.evaluate)
     tasks = load_tasks(suite.tasks)
     plan = json.loads((part_dir(job_dir, 0, count) / "plan.json").read_text())
+    skip = excluded_documents(plan)
     expected: dict[str, list[int]] = {}
     for units in plan["shards"]:
         for u in units:
-            expected.setdefault(u["task"], []).extend(range(u["start"], u["end"]))
+            expected.setdefault(u["task"], []).extend(d for d in range(u["start"], u["end"]) if d not in skip.get(u["task"], ()))
+    special = plan.get(SPECIAL_TEXT) or {"handling": "reject", "documents": {}}
+    flagged = {task: len(hits) for task, hits in special["documents"].items()}
+    for name, members in suite.composites.items():
+        if sum(flagged.get(m, 0) for m in members):
+            flagged[name] = sum(flagged.get(m, 0) for m in members)
+    # In each entry's extra (the report's schema is strict): how many documents were left out of n
+    # ("excluded") or scored neutralised, and why.
+    count_key = "excluded" if special["handling"] == "reject" else "neutralised"
+    _write_jsonl(job_dir / "rejects.jsonl", special_text_rejects(suite, tasks, special))
     models: dict[str, Any] = {}
     for model_cfg in cfg.evaluate.models:
         label = model_cfg.label
@@ -272,6 +360,9 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
                    for spec in suite.tasks}
         for name, members in suite.composites.items():
             entries[name] = composite_entry([per_task[m] for m in members], members)
+        for name, n in flagged.items():
+            if name in entries:
+                entries[name]["extra"][count_key] = {SPECIAL_TEXT: n}
         ppl_file = part_dir(job_dir, 0, count) / "perplexity" / f"{label}.json"
         models[label] = {
             "tasks": entries,
@@ -279,6 +370,24 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
         }
     baseline = cfg.evaluate.baseline or (cfg.evaluate.models[0].label if len(cfg.evaluate.models) > 1 else None)
     return {"models": models, "baseline": baseline}
+
+
+def special_text_rejects(suite: Suite, tasks: dict[str, Any], special: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rejects.jsonl`` lines for the documents a plan left out (none when it neutralised them)."""
+    if special["handling"] != "reject":
+        return []
+    lines = []
+    for spec in suite.tasks:
+        hits = special["documents"].get(spec.name, [])
+        docs = tasks[spec.name].eval_docs if hits else None
+        where = spec.data_file or f"{spec.config.get('dataset_path')} ({spec.config.get('test_split')} split)"
+        for hit in hits:
+            lines.append({
+                "task": spec.name, "doc_id": hit["doc_id"], "origin": f"{where}: row {hit['doc_id'] + 1}",
+                "reason": SPECIAL_TEXT, "detail": f"its {hit['field']} contains {hit['token']!r} as text",
+                "doc": json.loads(json.dumps(dict(docs[hit["doc_id"]]), ensure_ascii=False, default=str)),
+            })  # fmt: skip
+    return lines
 
 
 def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:

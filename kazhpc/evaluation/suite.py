@@ -5,24 +5,35 @@ A task in ``evaluate.tasks`` is one of:
 * a kazhpc task shipped in ``kazhpc/evaluation/tasks/`` (the eleven kz-transformers leaderboard
   columns; ``kk-leaderboard`` names them all);
 * a task lm-eval ships (``belebele_kaz_Cyrl``, ``include_base_44_kazakh``, ...);
-* a builder, driven by config alone: ``kind: mc`` (a user's JSONL of question, choices, answer) or
-  ``kind: translation`` (a parallel JSONL; generate, then BLEU and chrF++).
+* a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer) or
+  ``kind: translation`` (a parallel file; generate, then BLEU and chrF++). ``columns`` maps those
+  fields to the file's own column names (a COPA-style ``premise``, ``choice1``, ``choice2``,
+  ``label``; a corpus with ``Kazakh`` and ``English`` columns), ``answer_format`` says how the
+  answer names its choice (0-based index, letter, 1-based number).
 
 ``evaluate.data_overrides`` points any named task at a local copy in the hub schema, so the real
 task definition runs offline (tests, air-gapped clusters). Every config is resolved to a plain
 lm-eval config dict here; the tasks themselves are built by lm-eval's TaskManager.
+
+Local files are checked at preflight, before any model loads: every row read with
+kazhpc.data.readers (so a row is named ``file:line``, or ``file#row`` for Parquet and JSON arrays),
+the columns the task reads present (the closest present name suggested), and every document
+rendered; a bad row, first or last, is one line naming its file, line and task.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazhpc.errors import KazhpcError, jsonl_objects
+from kazhpc.config import suggest
+from kazhpc.data.adapters import mc_schema_columns
+from kazhpc.errors import KazhpcError
 from kazhpc.evaluation import prompts
 
 if TYPE_CHECKING:
@@ -52,7 +63,9 @@ SUITES: dict[str, tuple[str, ...]] = {
         "kk_dastur_mc",
     ),
 }
-_READERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_READERS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+#: What a document can raise while lm-eval renders it: the row is bad, not the code.
+_DOC_ERRORS: tuple[type[BaseException], ...] = (prompts.BadItem, KeyError, ValueError, TypeError, IndexError)
 
 
 @dataclass
@@ -64,6 +77,12 @@ class TaskSpec:
     origin: str  # "kazhpc", "lm-eval" or "builder"
     data_file: str | None = None  # a local file (override or builder), checked at preflight
     extra: dict[str, Any] = field(default_factory=dict)
+    builder: EvalTaskConfig | None = None  # the evaluate.tasks entry a builder task comes from
+
+    @property
+    def key(self) -> str:
+        """The config key that names this task's local file."""
+        return f"evaluate.tasks[{self.name}].path" if self.builder is not None else f"evaluate.data_overrides.{self.name}"
 
 
 @dataclass
@@ -133,22 +152,96 @@ def _builtin_config(name: str) -> dict[str, Any]:
 
 
 def mc_config(task: EvalTaskConfig) -> dict[str, Any]:
-    """A leaderboard-protocol multiple-choice task over a user's JSONL (question, choices, answer)."""
+    """A leaderboard-protocol multiple-choice task over a user's file (question, choices, answer)."""
     instruction = task.instruction or prompts.INSTRUCTION
+    item = _mc_reader(task)
     return {
         "task": task.name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": task.path}},
+        **_data_file(task.path),
         "test_split": "test",
         "output_type": "multiple_choice",
         "num_fewshot": 0,
-        "doc_to_text": functools.partial(prompts.doc_to_text, instruction=instruction),
-        "doc_to_choice": prompts.doc_to_choice,
-        "doc_to_target": prompts.doc_to_target,
+        "doc_to_text": functools.partial(_mc_text, item=item, instruction=instruction),
+        "doc_to_choice": functools.partial(_mc_choices, item=item),
+        "doc_to_target": functools.partial(_mc_target, item=item),
         "target_delimiter": " ",
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0, "builder": "mc"},
     }
+
+
+def _data_file(path: str) -> dict[str, Any]:
+    reader = _READERS.get(Path(path).suffix.lower(), "json")  # another suffix fails at preflight, named
+    return {"dataset_path": reader, "dataset_kwargs": {"data_files": {"test": path}}}
+
+
+def _mc_reader(task: EvalTaskConfig) -> Any:
+    """doc → the row prompts.normalize reads. Without columns or answer_format the row is passed
+    as it is: the {question, choices, answer} schema, or a copy in a leaderboard schema (MMLU, UNT)."""
+    if not task.columns and task.answer_format == "auto":
+        return _as_is
+    return functools.partial(
+        mc_item, question=task.column("question"), choices=task.column("choices"),
+        answer=task.column("answer"), answer_format=task.answer_format,
+    )  # fmt: skip
+
+
+def _as_is(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc
+
+
+def mc_item(
+    doc: dict[str, Any], *, question: str, choices: str | list[str], answer: str, answer_format: str
+) -> dict[str, Any]:
+    """A row in a task file's own columns → the ``{question, choices, answer}`` row of the
+    leaderboard protocol (kazhpc.evaluation.prompts), the answer as a 0-based index or a letter.
+
+    ``choices`` is one column holding a list, or several columns, one option each (COPA's
+    ``choice1``, ``choice2``). ``answer_format``: ``index`` (0-based), ``letter`` (A, B, ...; Cyrillic
+    look-alikes too), ``number`` (1-based), ``auto`` (an integer is an index, anything else a letter).
+    Raises `prompts.BadItem` saying what is wrong with the row (the caller names file and line).
+    """
+    for column in (question, answer, *([choices] if isinstance(choices, str) else choices)):
+        if column not in doc:
+            raise prompts.BadItem(f"no column '{column}'")
+    if isinstance(choices, str):
+        options = doc[choices]
+        if not isinstance(options, list):
+            raise prompts.BadItem(f"column '{choices}' holds {type(options).__name__}, expected a list of options")
+    else:
+        options = [doc[c] for c in choices]
+        empty = [c for c, o in zip(choices, options) if o is None or not str(o).strip()]
+        if empty:
+            raise prompts.BadItem(f"option column '{empty[0]}' is empty")
+    raw = doc[answer]
+    text = "" if raw is None else str(raw).strip()
+    if answer_format != "auto" and not text:
+        raise prompts.BadItem(f"the answer (column '{answer}') is empty")
+    if answer_format in ("index", "number"):
+        first, what = (0, "a 0-based index") if answer_format == "index" else (1, "a 1-based number")
+        if isinstance(raw, bool) or not text.lstrip("-").isdigit():
+            raise prompts.BadItem(f"answer {raw!r} is not {what} (answer_format: {answer_format})")
+        if not first <= int(text) < first + len(options):
+            raise prompts.BadItem(
+                f"answer {int(text)} is not among the {len(options)} choices ({first}–{first + len(options) - 1})"
+            )
+        raw = int(text) - first
+    elif answer_format == "letter" and (isinstance(raw, (int, float)) or text.isdigit()):
+        raise prompts.BadItem(f"answer {raw!r} is not a letter A, B, ... (answer_format: letter)")
+    # auto: prompts reads an integer (or digits) as a 0-based index, anything else as a letter
+    return {"question": doc[question], "choices": list(options), "answer": raw}
+
+
+def _mc_text(doc: dict[str, Any], *, item: Any, instruction: str) -> str:
+    return prompts.doc_to_text(item(doc), instruction=instruction)
+
+
+def _mc_choices(doc: dict[str, Any], *, item: Any) -> list[str]:
+    return prompts.doc_to_choice(item(doc))
+
+
+def _mc_target(doc: dict[str, Any], *, item: Any) -> int:
+    return prompts.doc_to_target(item(doc))
 
 
 def _translation_text(doc: dict[str, Any], *, source: str, instruction: str, labels: tuple[str, str]) -> str:
@@ -174,6 +267,7 @@ def translation_config(task: EvalTaskConfig) -> dict[str, Any]:
     from kazhpc.data.adapters import LANGUAGE_ADVERBS, LANGUAGE_NAMES, translation_instruction
 
     src, tgt = task.source_lang, task.target_lang
+    src_column, tgt_column = task.column(src), task.column(tgt)
     if task.instruction:
         instruction = task.instruction
     elif src in LANGUAGE_NAMES and tgt in LANGUAGE_NAMES:
@@ -183,13 +277,12 @@ def translation_config(task: EvalTaskConfig) -> dict[str, Any]:
     labels = tuple(LANGUAGE_ADVERBS.get(lang, lang).capitalize() for lang in (src, tgt))
     return {
         "task": task.name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": task.path}},
+        **_data_file(task.path),
         "test_split": "test",
         "output_type": "generate_until",
         "num_fewshot": 0,
-        "doc_to_text": functools.partial(_translation_text, source=src, instruction=instruction, labels=labels),
-        "doc_to_target": functools.partial(_translation_target, target=tgt),
+        "doc_to_text": functools.partial(_translation_text, source=src_column, instruction=instruction, labels=labels),
+        "doc_to_target": functools.partial(_translation_target, target=tgt_column),
         "target_delimiter": " ",
         "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": task.max_gen_toks},
         "metric_list": [
@@ -248,7 +341,7 @@ def resolve(cfg: EvaluateConfig) -> Suite:
     for entry in names:
         if isinstance(entry, EvalTaskConfig):
             build = mc_config if entry.kind == "mc" else translation_config
-            add(TaskSpec(entry.name, build(entry), "builder", entry.path))
+            add(TaskSpec(entry.name, build(entry), "builder", entry.path, builder=entry))
             continue
         members = COMPOSITES.get(entry) or (None if entry in kazhpc_task_files() else _group_members(entry))
         if members:
@@ -260,14 +353,9 @@ def resolve(cfg: EvaluateConfig) -> Suite:
     unused = sorted(set(cfg.data_overrides) - seen)
     if unused:
         raise KazhpcError(
-            f"evaluate.data_overrides.{unused[0]}: not a task of this suite{_closest(unused[0], seen)}"
+            f"evaluate.data_overrides.{unused[0]}: not a task of this suite{suggest(unused[0], sorted(seen))}"
         )
     return Suite(specs, composites)
-
-
-def _closest(name: str, options: Any) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def _group_members(name: str) -> tuple[str, ...] | None:
@@ -299,21 +387,95 @@ def _named(name: str, cfg: EvaluateConfig) -> TaskSpec:
 # Checks on local data (preflight) and on every task's documents (before a model loads).
 
 
-def check_local_file(path: str, what: str) -> None:
-    """A local data file exists and is not empty (JSONL: has a row)."""
-    p = Path(path)
-    if not p.is_file():
-        raise KazhpcError(f"{what}: {path}: file not found")
-    if p.stat().st_size == 0 or (p.suffix == ".jsonl" and not p.read_text(encoding="utf-8").strip()):
-        raise KazhpcError(f"{what}: {path}: empty file (no rows)")
-    if p.suffix == ".jsonl":
-        for _ in jsonl_objects(p.read_text(encoding="utf-8").splitlines(), path):
-            pass  # every row parses as an object, or the first that does not is named
+def check_local_file(spec: TaskSpec) -> list[str]:
+    """Read every row of a task's local file; check the columns the task reads and, for a builder,
+    every row's item. Returns the rows' origins (``file:line``, ``file#row``) in document order."""
+    from kazhpc.data.readers import BadRow, iter_file, missing_columns
+
+    assert spec.data_file is not None
+    path = spec.data_file
+    if not Path(path).exists():
+        raise KazhpcError(f"{spec.key}: {path}: file not found")
+    columns: list[str] = []
+    origins: list[str] = []
+    for row in iter_file(path, columns.extend, owner=spec.key):
+        if isinstance(row, BadRow):  # lm-eval reads the whole file: one bad row and it cannot
+            what = {"malformed_json": "malformed JSON", "malformed_csv": "malformed CSV"}.get(row.reason, row.reason)
+            raise KazhpcError(f"{row.origin}: {what}: {row.detail} ({spec.key})")
+        if len(origins) == 0:
+            required, key = _columns_read(spec, columns)
+            problem = missing_columns(columns, required)
+            if problem:
+                raise KazhpcError(f"{path}: {key}: {problem}")
+        if spec.builder is not None:
+            try:
+                _render_builder_row(spec.builder, row.data)
+            except prompts.BadItem as exc:
+                raise KazhpcError(f"{row.origin}: task {spec.name}: {exc}") from None
+        origins.append(row.origin)
+    return origins
+
+
+def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
+    """The columns ``spec`` reads from its file, and the config key to name when one is missing."""
+    task = spec.builder
+    if task is not None:
+        key = f"evaluate.tasks[{spec.name}]" + (".columns" if task.columns else "")
+        if task.kind == "translation":
+            return {str(task.column(task.source_lang)), str(task.column(task.target_lang))}, key
+        choices = task.column("choices")
+        if _mc_reader(task) is _as_is and "choices" not in present and _leaderboard_schema(present):
+            return mc_schema_columns(present), key
+        return {str(task.column("question")), str(task.column("answer")), *([choices] if isinstance(choices, str) else choices)}, key
+    if spec.origin == "kazhpc":  # the leaderboard protocol reads the MMLU-style or the UNT schema
+        return mc_schema_columns(present), spec.key
+    return _template_columns(spec.config), spec.key
+
+
+def _leaderboard_schema(present: list[str]) -> bool:
+    return "Question" in present or {"A", "B", "correct_answer"} <= set(present)
+
+
+def _template_columns(config: dict[str, Any]) -> set[str]:
+    """The document fields an lm-eval task's Jinja templates read (none known when it rewrites its
+    documents first with process_docs, or renders them with Python functions)."""
+    import jinja2
+    import jinja2.meta
+
+    if config.get("process_docs") is not None:
+        return set()
+    env = jinja2.Environment()
+    names: set[str] = set()
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        value = config.get(key)
+        for template in value if isinstance(value, list) else [value]:
+            if isinstance(template, str) and ("{{" in template or "{%" in template):
+                names |= jinja2.meta.find_undeclared_variables(env.parse(template))
+    return names - set(env.globals)
+
+
+def _render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
+    """The checks lm-eval's rendering would make of one row of a builder task, with kazhpc's messages."""
+    if task.kind == "translation":
+        _field(row, str(task.column(task.source_lang)))
+        _field(row, str(task.column(task.target_lang)))
+        return
+    prompts.normalize(_mc_reader(task)(row))
+
+
+def _row_origin(spec: TaskSpec, row: int) -> str:
+    """``file:line`` (or ``file#row``) of document ``row`` (0-based) of the task's local file."""
+    from kazhpc.data.readers import RawRow, iter_file
+
+    if spec.data_file is None:
+        return f"{spec.config.get('dataset_path')} ({spec.config.get('test_split')} split): row {row + 1}"
+    good = (r for r in iter_file(spec.data_file) if isinstance(r, RawRow))
+    found = next(itertools.islice(good, row, None), None)
+    return found.origin if found is not None else f"{spec.data_file}: row {row + 1}"
 
 
 def check_documents(task: Any, spec: TaskSpec) -> None:
-    """Render every document's prompt, choices and target; the first failure names file and row."""
-    where = spec.data_file or f"{spec.config.get('dataset_path')} ({spec.config.get('test_split')} split)"
+    """Render every document's prompt, choices and target; the first failure names file and line."""
     is_mc = task.OUTPUT_TYPE == "multiple_choice"
     for row, doc in enumerate(task.eval_docs):
         try:
@@ -327,9 +489,18 @@ def check_documents(task: Any, spec: TaskSpec) -> None:
                     raise prompts.BadItem(f"target {target!r} is not one of the choices")
             elif not str(target).strip():
                 raise prompts.BadItem("the reference is empty")
-        except (prompts.BadItem, KeyError, ValueError, TypeError, IndexError) as exc:
-            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise KazhpcError(f"{where}: row {row + 1}: task {spec.name}: {detail}") from None
+        except _doc_errors() as exc:
+            raise KazhpcError(f"{_row_origin(spec, row)}: task {spec.name}: {_doc_problem(exc)}") from None
+
+
+def _doc_errors() -> tuple[type[BaseException], ...]:
+    import jinja2
+
+    return (*_DOC_ERRORS, jinja2.TemplateError)
+
+
+def _doc_problem(exc: BaseException) -> str:
+    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
 def load_tasks(specs: list[TaskSpec]) -> dict[str, Any]:
@@ -343,12 +514,23 @@ def load_tasks(specs: list[TaskSpec]) -> dict[str, Any]:
             loaded = manager.load([dict(spec.config)])["tasks"]
         except FileNotFoundError as exc:
             raise KazhpcError(f"task {spec.name}: data set not found: {exc}") from None
+        except _doc_errors() as exc:
+            if spec.data_file is None:
+                raise
+            # lm-eval renders the first document while it builds the task (ConfigurableTask.__init__)
+            raise KazhpcError(f"{_row_origin(spec, 0)}: task {spec.name}: {_doc_problem(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - datasets raises many types for a missing hub set
             if type(exc).__name__ in ("DatasetNotFoundError", "ConnectionError", "OfflineModeIsEnabled", "HfHubHTTPError"):
                 raise KazhpcError(
                     f"task {spec.name}: data set '{spec.config.get('dataset_path')}' is not available "
                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); download it on a login node "
                     f"(HF_HOME) or give a local copy in evaluate.data_overrides.{spec.name}"
+                ) from None
+            if spec.data_file is not None and type(exc).__name__ in ("DatasetGenerationError", "ArrowInvalid"):
+                cause = exc.__cause__ or exc
+                raise KazhpcError(
+                    f"{spec.data_file}: {spec.key}: the data set loader cannot read it "
+                    f"({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200] if str(cause).strip() else ''})"
                 ) from None
             raise
         task = loaded[spec.name]
@@ -359,17 +541,28 @@ def load_tasks(specs: list[TaskSpec]) -> dict[str, Any]:
 
 
 def preflight(cfg: EvaluateConfig) -> Suite:
-    """Resolve names and check every local file; raises on the first problem."""
+    """Resolve names and check every local file, row by row; raises on the first problem."""
     suite = resolve(cfg)
-    for spec in suite.tasks:
-        if spec.data_file is not None:
-            what = f"evaluate.data_overrides.{spec.name}" if spec.origin != "builder" else f"evaluate.tasks[{spec.name}].path"
-            check_local_file(spec.data_file, what)
     local = [s for s in suite.tasks if s.data_file is not None]
+    for spec in local:
+        check_local_file(spec)
     if local:
-        for name, task in load_tasks(local).items():
+        for name, task in _quietly(load_tasks, local).items():
             check_documents(task, next(s for s in local if s.name == name))
     return suite
+
+
+def _quietly(function: Any, *args: Any) -> Any:
+    """``function(*args)`` without datasets' progress bars (a check's output is its verdict)."""
+    from datasets.utils import logging as datasets_logging
+
+    shown = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        return function(*args)
+    finally:
+        if shown:
+            datasets_logging.enable_progress_bar()
 
 
 def chance_of(spec_task: Any, num_choices: list[int]) -> float | None:

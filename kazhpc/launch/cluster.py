@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from kazhpc.config import JOB_NAMES, Strict, _describe, _load_file, _suggest
+from kazhpc.config import JOB_NAMES, Strict, _describe, _load_file, suggest
 from kazhpc.errors import ConfigError
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -153,7 +153,7 @@ class ClusterConfig(Strict):
     def _known_jobs(cls, jobs: dict[str, JobResources]) -> dict[str, JobResources]:
         for name in jobs:
             if name not in JOB_NAMES:
-                raise ValueError(f"unknown job '{name}'{_suggest(name, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
+                raise ValueError(f"unknown job '{name}'{suggest(name, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
         return jobs
 
     @model_validator(mode="after")

@@ -58,10 +58,10 @@ def deepspeed_path(spec: str) -> Path:
         return path
     names = deepspeed_names()
     if spec not in names:
-        from kazhpc.config import _suggest
+        from kazhpc.config import suggest
 
         raise ValueError(
-            f"train.distributed.deepspeed: unknown DeepSpeed config '{spec}'{_suggest(spec, names)}; "
+            f"train.distributed.deepspeed: unknown DeepSpeed config '{spec}'{suggest(spec, names)}; "
             f"known: {', '.join(names) or '(none found)'} in {deepspeed_dir()}, or a JSON path"
         )
     return deepspeed_dir() / f"{spec}.json"
