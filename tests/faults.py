@@ -54,6 +54,18 @@ def kazhpc(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict[str, st
     return Outcome(result.returncode, result.stdout, result.stderr)
 
 
+def one_job_pipeline(path: Path, name: str, job: str, tmp: Path, model_cache: Path, sections: str) -> Path:
+    """A pipeline config of one job on the bundled model, tracking off, runs under ``tmp/runs``;
+    ``sections`` is the YAML of the job's own section(s), written at column 0."""
+    import textwrap
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = (f"name: {name}\njobs: [{job}]\nmodel: gemma3-270m\nruns_root: {tmp / 'runs'}\n"
+            f"cache_dir: {model_cache}\ntracking: {{enabled: false}}\n")
+    path.write_text(head + textwrap.dedent(sections).lstrip(), encoding="utf-8")
+    return path
+
+
 def assert_one_line_error(outcome: Outcome, *must_contain: str, code: int = 2) -> str:
     """The command failed with ``code`` and one line on stderr, no traceback, naming each of
     ``must_contain`` (file names, keys, row numbers...); returns that line."""

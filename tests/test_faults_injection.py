@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_yaml
-from faults import cli
+from faults import cli, one_job_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +39,7 @@ INJECTIONS = [
 def preprocess_config(tmp: Path, model_cache: Path, rows: list[dict], handling: str) -> Path:
     data = tmp / "rows.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return write_yaml(tmp / "pipeline.yaml", f"""
-        name: injection
-        jobs: [preprocess]
-        model: gemma3-270m
-        runs_root: {tmp / 'runs'}
-        cache_dir: {model_cache}
-        tracking: {{enabled: false}}
+    return one_job_pipeline(tmp / "pipeline.yaml", "injection", "preprocess", tmp, model_cache, f"""
         preprocess:
           sources: [{{name: qa, kind: custom, path: {data}, columns: {{prompt: q, response: a, system: s}}}}]
           cleaning: {{min_answer_words: 3, language_id: {{enabled: false}}, special_tokens: {handling}}}
@@ -114,13 +107,7 @@ def evaluate_config(tmp: Path, model_cache: Path, shards: int = 1, handling: str
     items = tmp / "items.jsonl"
     items.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ITEMS), encoding="utf-8")
     (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-    return write_yaml(tmp / f"eval-{shards}-{handling}.yaml", f"""
-        name: injection-eval
-        jobs: [evaluate]
-        model: gemma3-270m
-        runs_root: {tmp / 'runs'}
-        cache_dir: {model_cache}
-        tracking: {{enabled: false}}
+    return one_job_pipeline(tmp / f"eval-{shards}-{handling}.yaml", "injection-eval", "evaluate", tmp, model_cache, f"""
         evaluate:
           tasks: [{{name: items, kind: mc, path: {items}}}]
           models: [{{label: base}}]

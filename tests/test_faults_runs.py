@@ -17,8 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_yaml
-from faults import KAZHPC, REPO, assert_one_line_error, cli, kazhpc
+from faults import KAZHPC, REPO, assert_one_line_error, cli, kazhpc, one_job_pipeline
 
 pytestmark = pytest.mark.slow  # the real Gemma-3 tokenizer formats every row
 
@@ -42,13 +41,7 @@ def write_rows(path: Path, rows: list[tuple[str, str]], append: bool = False) ->
 
 def make_config(tmp: Path, model_cache: Path) -> Path:
     write_rows(tmp / "muri.jsonl", ROWS)
-    return write_yaml(tmp / "pipeline.yaml", f"""
-        name: faults
-        jobs: [preprocess]
-        model: gemma3-270m
-        runs_root: {tmp / 'runs'}
-        cache_dir: {model_cache}
-        tracking: {{enabled: false}}
+    return one_job_pipeline(tmp / "pipeline.yaml", "faults", "preprocess", tmp, model_cache, f"""
         preprocess:
           sources: [{{name: muri, kind: muri-it, path: {tmp / 'muri.jsonl'}}}]
           cleaning: {{min_answer_words: 3, language_id: {{enabled: false}}, dedup: {{near: false}}}}
