@@ -40,13 +40,12 @@ OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_defau
 
 
 def setup_logging() -> None:
-    from rich.logging import RichHandler
-
     level = os.environ.get("KAZHPC_LOG_LEVEL", "INFO").upper()
-    if err.is_terminal:
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
-    else:  # SLURM logs and pipes: one plain line per record, no wrapping
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One plain line per record, never wrapped: rich's log handler folds a long path into lines
+    # at the terminal's width, and a path cut in two cannot be copied. A terminal gets a short
+    # prefix; SLURM logs and pipes the time and the logger too.
+    fmt = "%(levelname)s %(message)s" if err.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
     for noisy in ("urllib3", "filelock", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes >= 0.50 warns on every import that an optional CPU kernel package is missing;
@@ -63,8 +62,8 @@ def report_errors() -> Iterator[None]:
 
     try:
         yield
-    except KeyboardInterrupt:  # Ctrl-C outside a job (a job's own becomes kazhpc.errors.Interrupted)
-        err.print("interrupted before any job started: nothing to resume", highlight=False)
+    except KeyboardInterrupt:  # Ctrl-C outside a job; within one it is kazhpc.errors.Interrupted
+        err.print("interrupted (Ctrl-C)", highlight=False)
         raise SystemExit(130) from None
     except KazhpcError as exc:
         err.print(labelled("error:", "bold red", str(exc)), highlight=False)
