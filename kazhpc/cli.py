@@ -6,17 +6,15 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
+from kazhpc.console import err, labelled, out, report_errors, setup_logging
 from kazhpc.errors import KazhpcError
 
 app = typer.Typer(
@@ -26,50 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# soft_wrap: a long path is never cut into lines (copy-paste must work in any terminal or log);
-# markup off: a message's own brackets ('evaluate.tasks[mine].path') are text, not rich styles.
-out = Console(soft_wrap=True, markup=False)
-err = Console(stderr=True, soft_wrap=True, markup=False)
-
-
-def labelled(label: str, style: str, message: str) -> Text:
-    """'error: ...' / 'warning: ...' with the label coloured and the message verbatim."""
-    return Text.assemble((label, style), " ", message)
-
 OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_default=False)
-
-
-def setup_logging() -> None:
-    level = os.environ.get("KAZHPC_LOG_LEVEL", "INFO").upper()
-    # One plain line per record, never wrapped: rich's log handler folds a long path into lines
-    # at the terminal's width, and a path cut in two cannot be copied. A terminal gets a short
-    # prefix; SLURM logs and pipes the time and the logger too.
-    fmt = "%(levelname)s %(message)s" if err.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt)
-    for noisy in ("urllib3", "filelock", "alembic", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # bitsandbytes >= 0.50 warns on every import that an optional CPU kernel package is missing;
-    # its own CPU path works without it (../shared/README.md), so the line is only noise.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: "kernels-community" not in record.getMessage()
-    )
-
-
-@contextlib.contextmanager
-def report_errors() -> Iterator[None]:
-    """Turn a KazhpcError into a one-line message and its exit status (2; 75 for a preempted job)."""
-    from kazhpc.train.resume import Preempted
-
-    try:
-        yield
-    except KeyboardInterrupt:  # Ctrl-C outside a job; within one it is kazhpc.errors.Interrupted
-        err.print("interrupted (Ctrl-C)", highlight=False)
-        raise SystemExit(130) from None
-    except KazhpcError as exc:
-        err.print(labelled("error:", "bold red", str(exc)), highlight=False)
-        if isinstance(exc, Preempted):
-            exc.requeue()  # only now, with run.json and MLflow up to date: a requeue ends the job at once
-        raise SystemExit(exc.exit_code) from None
 
 
 @app.command()
@@ -312,7 +267,8 @@ def submit(
     """Submit the pipeline to SLURM: one job per step (arrays for parts), chained with afterok."""
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.submit import read_submission, submit as submit_pipeline
+    from kazhpc.launch.records import read_submission
+    from kazhpc.launch.submit import submit as submit_pipeline
     from kazhpc.runner import open_run_dir
 
     setup_logging()

@@ -422,7 +422,7 @@ class TrainConfig(Strict):
     @field_validator("preemption_signal")
     @classmethod
     def _catchable_signal(cls, name: str) -> str:
-        from kazhpc.train.resume import signal_number
+        from kazhpc.signals import signal_number
 
         try:
             return signal_number(name).name.removeprefix("SIG")
@@ -641,9 +641,6 @@ class PipelineConfig(Strict):
             raise ValueError("jobs: train reads the preprocess job's output; list preprocess before it")
         if "train" in self.jobs and self.jobs.index("train") < self.jobs.index("preprocess"):
             raise ValueError("jobs: preprocess must come before train")
-        from kazhpc.train import distributed  # ZeRO stage vs QLoRA, DeepSpeed JSON vs batch sizes
-
-        distributed.check(self)
         for m in self.evaluate.models:
             if "evaluate" in self.jobs and m.kind != "base" and m.adapter is None and (
                 "train" not in self.jobs or self.jobs.index("train") > self.jobs.index("evaluate")

@@ -1,15 +1,68 @@
-"""Progress for long loops: a rich bar on a terminal, a few plain log lines elsewhere (a SLURM
-log, CI), so that nothing runs for minutes without a word."""
+"""What a person at the terminal sees: one-line errors, log records, progress of long loops.
+
+Input errors (a bad config, a missing file) print one line and exit with their status (2; 75 for
+a preempted job, 130 for Ctrl-C) without a traceback; anything else is a bug and keeps its
+traceback. Long loops show a rich bar on a terminal and a few plain log lines elsewhere (a SLURM
+log, CI), so that nothing runs for minutes without a word.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
+from rich.console import Console
+from rich.text import Text
+
+from kazhpc.errors import KazhpcError, Preempted
+
 T = TypeVar("T")
 log = logging.getLogger("kazhpc")
+
+# soft_wrap: a long path is never cut into lines (copy-paste must work in any terminal or log);
+# markup off: a message's own brackets ('evaluate.tasks[mine].path') are text, not rich styles.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """'error: ...' / 'warning: ...' with the label coloured and the message verbatim."""
+    return Text.assemble((label, style), " ", message)
+
+
+def setup_logging() -> None:
+    level = os.environ.get("KAZHPC_LOG_LEVEL", "INFO").upper()
+    # One plain line per record, never wrapped: rich's log handler folds a long path into lines
+    # at the terminal's width, and a path cut in two cannot be copied. A terminal gets a short
+    # prefix; SLURM logs and pipes the time and the logger too.
+    fmt = "%(levelname)s %(message)s" if err.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
+    for noisy in ("urllib3", "filelock", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes >= 0.50 warns on every import that an optional CPU kernel package is missing;
+    # its own CPU path works without it (../shared/README.md), so the line is only noise.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage()
+    )
+
+
+@contextlib.contextmanager
+def report_errors() -> Iterator[None]:
+    """Turn a KazhpcError into a one-line message and its exit status (2; 75 for a preempted job)."""
+    try:
+        yield
+    except KeyboardInterrupt:  # Ctrl-C outside a job; within one it is kazhpc.errors.Interrupted
+        err.print("interrupted (Ctrl-C)", highlight=False)
+        raise SystemExit(130) from None
+    except KazhpcError as exc:
+        err.print(labelled("error:", "bold red", str(exc)), highlight=False)
+        if isinstance(exc, Preempted):
+            exc.requeue()  # only now, with run.json and MLflow up to date: a requeue ends the job at once
+        raise SystemExit(exc.exit_code) from None
 
 
 def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:

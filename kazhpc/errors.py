@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 class KazhpcError(Exception):
@@ -28,6 +28,29 @@ class ModelSourceError(KazhpcError):
 
 class FormattingError(KazhpcError):
     """A formatted example breaks an invariant (e.g. not exactly one <bos>)."""
+
+
+#: EX_TEMPFAIL from sysexits.h: "a temporary failure; the user is invited to retry". The job saved
+#: its state and asked to be requeued; it did not fail.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(KazhpcError):
+    """A job stopped on the preemption signal after saving a checkpoint; it is to be requeued.
+
+    The requeue itself waits for :meth:`requeue` (kazhpc.console.report_errors calls it on the way
+    out, once run.json and MLflow have recorded the preemption): `scontrol requeue` ends the job at once.
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, message: str, requeue: Callable[[], Any] | None = None) -> None:
+        super().__init__(message)
+        self._requeue = requeue
+
+    def requeue(self) -> None:
+        if self._requeue is not None:
+            self._requeue()
 
 
 class Interrupted(KazhpcError):

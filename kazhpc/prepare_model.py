@@ -11,11 +11,9 @@ import hashlib
 import logging
 import os
 import time
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazhpc.errors import KazhpcError
+from kazhpc.evaluation.perplexity import read_passages
 from kazhpc.models import (
     chat_template_text,
     load_model,
@@ -26,39 +24,14 @@ from kazhpc.models import (
 )
 
 if TYPE_CHECKING:
-    from kazhpc.config import PipelineConfig, PrepareModelConfig
-    from kazhpc.runner import JobContext
+    from kazhpc.config import PipelineConfig
+    from kazhpc.jobspec import JobContext
 
 log = logging.getLogger(__name__)
-BUILTIN_TEXTS = "builtin:kk-sentences"
-
-
-def read_texts(cfg: PrepareModelConfig) -> tuple[list[str], str]:
-    """The perplexity passages (one per non-empty line) and the sha256 of their file."""
-    if cfg.perplexity_texts == BUILTIN_TEXTS:
-        raw = resources.files("kazhpc").joinpath("resources", "kk-sentences.txt").read_bytes()
-        where = BUILTIN_TEXTS
-    else:
-        path = Path(cfg.perplexity_texts).expanduser()
-        where = str(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise KazhpcError(f"prepare_model.perplexity_texts: {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KazhpcError(f"{where}: not UTF-8 (byte {exc.start})") from None
-    texts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not texts:
-        raise KazhpcError(f"{where}: no text to score (the file is empty)")
-    return texts, hashlib.sha256(raw).hexdigest()
-
-
 def preflight(cfg: PipelineConfig) -> list[str]:
     source = parse_source(cfg.model.source)
     chat_template_text(cfg.model.chat_template)
-    read_texts(cfg.prepare_model)
+    read_passages(cfg.prepare_model.perplexity_texts, "prepare_model.perplexity_texts")
     warnings = []
     if source.kind == "hub" and os.environ.get("HF_HUB_OFFLINE") != "1":
         warnings.append(f"'{source}' will be fetched from the hub unless it is in HF_HOME's cache")
@@ -82,7 +55,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     from kazhpc.evaluation.perplexity import score_texts
 
-    texts, texts_sha = read_texts(cfg.prepare_model)
+    texts, texts_sha = read_passages(cfg.prepare_model.perplexity_texts, "prepare_model.perplexity_texts")
     score_started = time.time()
     result = score_texts(model, tokenizer, texts, cfg.prepare_model.max_length, cfg.prepare_model.batch_size)
     score_s = time.time() - score_started

@@ -33,7 +33,7 @@ from kazhpc.errors import FormattingError, KazhpcError
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
-    from kazhpc.runner import JobContext
+    from kazhpc.jobspec import JobContext
 
 log = logging.getLogger(__name__)
 

@@ -16,36 +16,19 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
 
 from kazhpc.config import PipelineConfig, dump_yaml, flatten, load_config
-from kazhpc.errors import Interrupted, KazhpcError, read_json_file
+from kazhpc.errors import Interrupted, KazhpcError, Preempted, read_json_file
 from kazhpc.fingerprint import changes, fingerprint, job_inputs
+from kazhpc.jobspec import Job, JobContext, read_manifest
 from kazhpc.parts import record_inputs
-from kazhpc.tracking import JobRun, Tracker, global_rank, run_tags
+from kazhpc.tracking import Tracker, global_rank, run_tags
 
 log = logging.getLogger("kazhpc")
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job type: ``run`` does the work and returns its manifest; ``preflight`` checks the config
-    without loading models or touching a GPU, and returns warnings (errors are raised)."""
-
-    name: str
-    run: Callable[[JobContext], dict[str, Any]]
-    preflight: Callable[[PipelineConfig], list[str]]
-    #: For jobs that split into parts (SLURM array tasks): do part i of n into the job's folder.
-    part: Callable[[PipelineConfig, Path, int, int], Path] | None = None
-    #: Earlier jobs whose outputs this one reads (when they are in the pipeline): their
-    #: fingerprints are part of this job's inputs, so redoing one of them redoes this one.
-    needs: tuple[str, ...] = ()
-    #: Input files the job reads that its own config section does not name.
-    extra_inputs: Callable[[PipelineConfig], list[str]] | None = None
 
 
 def registry() -> dict[str, Job]:
@@ -66,30 +49,6 @@ def registry() -> dict[str, Job]:
         "evaluate": Job("evaluate", evaluation_job.run, evaluation_job.preflight, evaluation_job.run_part,
                         needs=("extend-vocab", "train")),
     }
-
-
-@dataclass
-class JobContext:
-    """What a running job gets: its config, where to write, and where to log."""
-
-    cfg: PipelineConfig
-    run_dir: Path
-    job_dir: Path
-    tracking: JobRun
-    #: What this job's output is made from (kazhpc.fingerprint.job_inputs): parts done with
-    #: other inputs are rerun, not reused.
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def manifest_of(self, job: str) -> dict[str, Any]:
-        """Another job's manifest (the only way jobs pass results to each other)."""
-        return read_manifest(self.run_dir, job)
-
-
-def read_manifest(run_dir: Path, job: str) -> dict[str, Any]:
-    path = run_dir / job / "manifest.json"
-    if not path.is_file():
-        raise KazhpcError(f"{path}: job '{job}' has not completed in this run directory")
-    return read_json_file(path, f"the {job} job's manifest")
 
 
 def inputs_of(cfg: PipelineConfig, run_dir: Path, name: str) -> dict[str, Any]:
@@ -162,7 +121,7 @@ def _update_state(run_dir: Path, change: Callable[[dict[str, Any]], None]) -> No
         os.replace(tmp, state_file)
 
 
-def _set_job_state(run_dir: Path, job: str, **fields: Any) -> None:
+def set_job_state(run_dir: Path, job: str, **fields: Any) -> None:
     _update_state(run_dir, lambda s: s["jobs"].setdefault(job, {}).update(fields))
 
 
@@ -247,7 +206,7 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     logging.getLogger().addHandler(handler)
     tracking = tracker.job(name, flatten(cfg.resolved_dict()), tags)
     tracking.log_artifact(run_dir / "config.yaml")
-    _set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+    set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                    pid=os.getpid(), host=socket.gethostname())
     log.info("job %s: started in %s", name, job_dir)
     started = time.time()
@@ -259,17 +218,17 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         (job_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         tracking.log_artifact(job_dir / "manifest.json")
         tracking.finish("FINISHED")
-        _set_job_state(run_dir, name, status="COMPLETED", finished=time.time())
+        set_job_state(run_dir, name, status="COMPLETED", finished=time.time())
         log.info("job %s: completed in %.1f s", name, time.time() - started)
         return manifest
     except BaseException as exc:
-        preempted = type(exc).__name__ == "Preempted"  # saved a checkpoint and asked to be requeued
+        preempted = isinstance(exc, Preempted)  # saved a checkpoint and asked to be requeued
         interrupted = isinstance(exc, KeyboardInterrupt)
         error = "interrupted (Ctrl-C)" if interrupted else f"{type(exc).__name__}: {exc}"
         tracking.set_tags({"kazhpc.error": error[:5000]})
         tracking.finish("KILLED" if preempted or interrupted else "FAILED")
         status = "PREEMPTED" if preempted else "INTERRUPTED" if interrupted else "FAILED"
-        _set_job_state(run_dir, name, status=status, finished=time.time(), error=error)
+        set_job_state(run_dir, name, status=status, finished=time.time(), error=error)
         raise
     finally:
         logging.getLogger().removeHandler(handler)
@@ -323,14 +282,14 @@ def run_single(
         log.warning(warning)
     job_dir = run_dir / job
     part = f"{job}[{index}/{count}]"
-    _set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+    set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     inputs = inputs_of(cfg, run_dir, job)  # before the part reads them
     try:
         record_inputs(spec.part(cfg, job_dir, index, count), inputs)
     except BaseException as exc:
-        _set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+        set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
-    _set_job_state(run_dir, part, status="COMPLETED", finished=time.time())
+    set_job_state(run_dir, part, status="COMPLETED", finished=time.time())
     return run_dir
 
 
@@ -342,7 +301,7 @@ def job_entry(job: str, argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from kazhpc.cli import report_errors, setup_logging
+    from kazhpc.console import report_errors, setup_logging
 
     parser = argparse.ArgumentParser(prog=f"jobs/{Path(sys.argv[0]).name}", description=job_entry.__doc__)
     parser.add_argument("config", nargs="?", type=Path, help="pipeline config (omit with --run-dir)")

@@ -18,7 +18,7 @@ from conftest import CONFIGS, REPO, write_yaml
 from kazhpc.config import load_config
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import format_time, load_cluster, parse_time
-from kazhpc.launch.plan import plan, render, sbatch_flag
+from kazhpc.launch.plan import plan, sbatch_flag
 
 SMOKE = CONFIGS / "pipelines" / "smoke.yaml"
 A100 = CONFIGS / "clusters" / "a100-example.yaml"
@@ -309,14 +309,14 @@ def test_ranks_preempted_under_torchrun_are_requeued_from_run_json(tmp_path: Pat
     """Several ranks each exit 75 but torchrun reports 1: the runner's PREEMPTED in run.json, written
     by this attempt, is what says the job saved and wants its requeue; one left by an earlier
     attempt is not (a job that now fails before it starts must not be requeued for ever)."""
-    from kazhpc.runner import _set_job_state
+    from kazhpc.runner import set_job_state
 
     if recorded_before_start:
-        _set_job_state(tmp_path, "train", status="PREEMPTED", finished=1.0)
+        set_job_state(tmp_path, "train", status="PREEMPTED", finished=1.0)
         command = "exit 1"
     else:
-        record = ("import os, time; from pathlib import Path; from kazhpc.runner import _set_job_state; "
-                  "_set_job_state(Path(os.environ['RUN_DIR']), 'train', status='PREEMPTED', finished=time.time())")
+        record = ("import os, time; from pathlib import Path; from kazhpc.runner import set_job_state; "
+                  "set_job_state(Path(os.environ['RUN_DIR']), 'train', status='PREEMPTED', finished=time.time())")
         command = f"{shlex.quote(sys.executable)} -c {shlex.quote(record)}; exit 1"  # what rank 0's runner does
     code = textwrap.dedent(f"""
         import signal, sys

@@ -27,7 +27,13 @@ ZERO3_QLORA = ["train.distributed.deepspeed=zero3", "train.quantization.quant_st
 
 
 def smoke(*overrides: str):
-    return load_config(SMOKE, list(overrides))
+    """The smoke config with ``overrides``, through the train job's preflight (what `kazhpc
+    validate` runs: the DeepSpeed checks read its JSON file)."""
+    from kazhpc.train.qlora import preflight
+
+    cfg = load_config(SMOKE, list(overrides))
+    preflight(cfg)
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

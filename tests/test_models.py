@@ -118,11 +118,10 @@ def test_template_without_generation_markers_is_refused(model_cache: Path, tmp_p
 
 @pytest.mark.slow
 def test_perplexity_is_finite_and_independent_of_batching(gemma_model, gemma_tokenizer) -> None:
-    from kazhpc.evaluation.perplexity import score_texts
-    from kazhpc.prepare_model import read_texts
     from kazhpc.config import PrepareModelConfig
+    from kazhpc.evaluation.perplexity import read_passages, score_texts
 
-    texts, _ = read_texts(PrepareModelConfig())
+    texts, _ = read_passages(PrepareModelConfig().perplexity_texts, "prepare_model.perplexity_texts")
     one = score_texts(gemma_model, gemma_tokenizer, texts, max_length=128, batch_size=1)
     four = score_texts(gemma_model, gemma_tokenizer, texts, max_length=128, batch_size=4)
     assert one.tokens == four.tokens and one.chars == sum(len(t) for t in texts)

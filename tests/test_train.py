@@ -4,14 +4,12 @@ and the smoke pipeline's adapter (reloads, lowers the answer loss)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONFIGS, KAZAKH_CHATS, REPO
+from conftest import CONFIGS, KAZAKH_CHATS
 from kazhpc.config import load_config
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.train.guard import ensure_trainable, ran_no_grad_forward

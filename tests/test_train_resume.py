@@ -16,15 +16,9 @@ import pytest
 
 from conftest import CONFIGS, REPO
 from kazhpc.config import load_config
-from kazhpc.errors import ConfigError, KazhpcError
-from kazhpc.train.resume import (
-    PREEMPT_AFTER_STEP_ENV,
-    PREEMPTED_EXIT_CODE,
-    PreemptionHandler,
-    last_checkpoint,
-    requeue_if_slurm,
-    signal_number,
-)
+from kazhpc.errors import PREEMPTED_EXIT_CODE, ConfigError, KazhpcError
+from kazhpc.signals import signal_number
+from kazhpc.train.resume import PREEMPT_AFTER_STEP_ENV, PreemptionHandler, last_checkpoint, requeue_if_slurm
 
 KAZHPC = str(Path(sys.executable).parent / "kazhpc")
 #: Few, short steps: 2 before the interruption, 2 after (the second one after it only matches
@@ -203,6 +197,6 @@ def test_under_submitit_the_train_process_leaves_the_requeue_to_submitit(tmp_pat
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
     with pytest.raises(KazhpcError, match="the SLURM job is requeued") as info:  # plain sbatch: kazhpc requeues
         handler.hand_over(tmp_path)
-    assert calls == []  # on the way out of the job (kazhpc.cli.report_errors), after run.json and MLflow
+    assert calls == []  # on the way out of the job (kazhpc.console.report_errors), after run.json and MLflow
     info.value.requeue()
     assert calls == [["scontrol", "requeue", "4243"]]

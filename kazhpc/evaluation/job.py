@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
-    from kazhpc.runner import JobContext
+    from kazhpc.jobspec import JobContext
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,14 @@ score reports all three from the same summed negative log-likelihood.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from importlib import resources
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.batches import padded_batch
 from kazhpc.models import check_single_bos
 
@@ -98,3 +102,29 @@ def score_texts(
             nll += losses[mask].sum().item()
             tokens += int(mask.sum().item())
     return PerplexityResult(len(texts), tokens, chars, nbytes, nll, truncated)
+
+
+BUILTIN_TEXTS = "builtin:kk-sentences"
+
+
+def read_passages(spec: str, key: str) -> tuple[list[str], str]:
+    """The passages to score (one per non-empty line) of ``spec`` (``builtin:kk-sentences`` or a
+    UTF-8 text file; ``key`` names the config key in errors) and the sha256 of their file."""
+    if spec == BUILTIN_TEXTS:
+        raw = resources.files("kazhpc").joinpath("resources", "kk-sentences.txt").read_bytes()
+        where = BUILTIN_TEXTS
+    else:
+        path = Path(spec).expanduser()
+        where = str(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise KazhpcError(f"{key}: {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KazhpcError(f"{where}: not UTF-8 (byte {exc.start})") from None
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise KazhpcError(f"{where}: no text to score (the file is empty)")
+    return texts, hashlib.sha256(raw).hexdigest()

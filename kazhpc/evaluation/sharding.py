@@ -276,10 +276,9 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
 
 
 def perplexity_texts(spec: str) -> list[str]:
-    from kazhpc.config import PrepareModelConfig
-    from kazhpc.prepare_model import read_texts
+    from kazhpc.evaluation.perplexity import read_passages
 
-    return read_texts(PrepareModelConfig(perplexity_texts=spec))[0]
+    return read_passages(spec, "evaluate.perplexity_texts")[0]
 
 
 # --------------------------------------------------------------------------------------------

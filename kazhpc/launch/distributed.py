@@ -133,7 +133,7 @@ def check_allocation(cfg: PipelineConfig, env: dict[str, str] | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     """``python -m kazhpc.launch.distributed --run-dir RUN``: print the launch lines for RUN's config
     (what slurm/train.sbatch evaluates), after checking the allocation."""
-    from kazhpc.cli import report_errors
+    from kazhpc.console import report_errors
     from kazhpc.runner import open_run_dir
 
     parser = argparse.ArgumentParser(prog="python -m kazhpc.launch.distributed", description=main.__doc__)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kazhpc.launch.submit import latest_steps, read_submission
+from kazhpc.launch.records import latest_steps, read_submission
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
                  "PREEMPTED", "LOST", "INTERRUPTED"}  # INTERRUPTED: Ctrl-C, as run.json records it
@@ -128,13 +128,13 @@ def step_states(run_dir: Path, cancel_never_satisfied: bool = True) -> list[Step
 def _record_kills(run_dir: Path, step: dict[str, Any], tasks: dict[str, str], run_state: dict[str, Any]) -> None:
     """A job SLURM ended (scancel, timeout, out of memory) never wrote its own end: write it for it in
     run.json, and end its MLflow child run as KILLED, so neither says RUNNING forever."""
-    from kazhpc.runner import _set_job_state
+    from kazhpc.runner import set_job_state
 
     keys = [f"{step['job']}[{i}/{step['array']}]" for i in range(step["array"])] if step["array"] else [step["job"]]
     for key, (task, state) in zip(keys, tasks.items()):
         recorded = _recorded(run_state, key, step["attempt_time"])
         if state in FAILED_STATES - {"FAILED", "LOST"} and recorded and recorded.get("status") == "RUNNING":
-            _set_job_state(run_dir, key, status=state, error=f"SLURM job {task} ended {state}")
+            set_job_state(run_dir, key, status=state, error=f"SLURM job {task} ended {state}")
             _end_runs(run_dir, None if step["array"] else step["job"])
 
 
@@ -148,7 +148,7 @@ def _end_runs(run_dir: Path, job: str | None) -> None:
     tracker = Tracker(cfg.tracking, cfg.runs_root, run_dir)
     if not tracker.active:
         return
-    run_id = tracker._ids().get(f"job:{job}") if job else None
+    run_id = tracker.run_ids().get(f"job:{job}") if job else None
     if run_id:
         JobRun(tracker, f"job:{job}", run_id).finish("KILLED")
     tracker.finish_pipeline("FAILED")
@@ -205,7 +205,7 @@ def cancel(run_dir: Path) -> list[str]:
 
 
 def is_submitted(run_dir: Path) -> bool:
-    from kazhpc.launch.submit import submission_path
+    from kazhpc.launch.records import submission_path
 
     return submission_path(run_dir).is_file()
 

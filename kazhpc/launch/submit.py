@@ -22,12 +22,13 @@ from typing import Any
 from kazhpc.config import PipelineConfig, flatten
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import ClusterConfig
+from kazhpc.launch.records import read_submission, submission_path
 from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, plan_warnings, render
-from kazhpc.train.resume import PREEMPTED_EXIT_CODE, signal_number
+from kazhpc.errors import PREEMPTED_EXIT_CODE
+from kazhpc.signals import signal_number
 
 log = logging.getLogger(__name__)
 
-SUBMISSION = "submission.json"
 
 try:  # submitit requeues a Checkpointable job on preemption/timeout (USR2) instead of failing it
     from submitit.helpers import Checkpointable as _Requeueable
@@ -115,32 +116,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # the child leads its own process group (start_new_session)
     except ProcessLookupError:
         pass
-
-
-def submission_path(run_dir: Path) -> Path:
-    return run_dir / SUBMISSION
-
-
-def read_submission(run_dir: Path) -> dict[str, Any]:
-    path = submission_path(run_dir)
-    if not path.is_file():
-        raise KazhpcError(f"{run_dir}: no {SUBMISSION} (this run was not submitted with kazhpc submit)")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise KazhpcError(f"{path}: unreadable ({str(exc).splitlines()[0]}); kazhpc submit writes this file") from None
-    if not isinstance(record, dict) or not isinstance(record.get("attempts"), list) or not record.get("cluster_file"):
-        raise KazhpcError(f"{path}: not a kazhpc submission record (no 'attempts' list or 'cluster_file')")
-    return record
-
-
-def latest_steps(submission: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each step's most recent submission (a resumed step replaces the failed one)."""
-    steps: dict[str, dict[str, Any]] = {}
-    for attempt in submission.get("attempts", []):
-        for step in attempt["steps"]:
-            steps[step["name"]] = {**step, "attempt_time": attempt["time"]}
-    return steps
 
 
 def finished_jobs(cfg: PipelineConfig, run_dir: Path) -> list[str]:

@@ -25,13 +25,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 from kazhpc.errors import KazhpcError
 
 if TYPE_CHECKING:
-    from kazhpc.config import PipelineConfig
-    from kazhpc.runner import JobContext
     from kazhpc.tokenization.extend import Extension
 
 log = logging.getLogger(__name__)
 
-JOB = "extend-vocab"
 MODEL_DIR = "model"
 
 
@@ -141,29 +138,6 @@ def adapt(
         "trainable": ("LoRA r=8 all-linear + " if lora else "") + f"{len(new_ids)} new embedding rows",
         "history": history,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# The training job's side.
-
-
-def extended_model_for_training(ctx: JobContext) -> tuple[PipelineConfig, list[int]]:
-    """The config the train job should use, and the token ids to train as whole rows.
-
-    When ``extend-vocab`` is among this run's jobs, the train job fine-tunes its saved model and
-    tokenizer (``<run>/extend-vocab/model``), with the new rows trainable; otherwise the config's
-    model, unchanged, and no extra rows.
-    """
-    cfg = ctx.cfg
-    if JOB not in cfg.jobs:
-        return cfg, []
-    manifest = ctx.manifest_of(JOB)
-    model_dir = ctx.run_dir / JOB / manifest["model"]["path"]
-    if not (model_dir / "config.json").is_file():
-        raise KazhpcError(f"{model_dir}: the extend-vocab job's model is missing")
-    first, count = manifest["tokenizer"]["first_new_id"], manifest["tokenizer"]["new_tokens"]
-    model = cfg.model.model_copy(update={"source": str(model_dir), "revision": None})
-    return cfg.model_copy(update={"model": model}), list(range(first, first + count))
 
 
 def expose_tied_head_bias(model: Any) -> None:

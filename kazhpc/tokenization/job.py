@@ -9,7 +9,7 @@ from kazhpc.errors import KazhpcError
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
-    from kazhpc.runner import JobContext
+    from kazhpc.jobspec import JobContext
 
 REPORT_FILES = ("tokenizers.md", "tokenizers.csv", "tokenizers.json", "fertility.png")
 

@@ -190,7 +190,7 @@ class Tracker:
             os.close(fd)
 
     # -- run ids -------------------------------------------------------------------------------
-    def _ids(self) -> dict[str, str]:
+    def run_ids(self) -> dict[str, str]:
         if self._ids_file.is_file():
             data = json.loads(self._ids_file.read_text())
             if data.get("uri") == self.uri:
@@ -198,7 +198,7 @@ class Tracker:
         return {}
 
     def _save_id(self, key: str, run_id: str) -> None:
-        ids = self._ids()
+        ids = self.run_ids()
         ids[key] = run_id
         tmp = self._ids_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"uri": self.uri, "runs": ids}, indent=2))
@@ -263,7 +263,7 @@ class Tracker:
         """
         if not self.active:
             return None
-        existing = self._ids().get(PARENT_KEY)
+        existing = self.run_ids().get(PARENT_KEY)
         if existing:
             return existing
         uid = self._journal_parent_uid()
@@ -292,7 +292,7 @@ class Tracker:
         uid = uuid.uuid4().hex
         self._record({"event": "start", "key": key, "run": uid, "parent": PARENT_KEY, "name": job, "tags": tags})
         self._record({"event": "params", "key": key, "run": uid, "params": params})
-        parent_id = self._ids().get(PARENT_KEY)
+        parent_id = self.run_ids().get(PARENT_KEY)
         run_id = self._create_run(job, tags, parent_id=parent_id, uid=uid) if parent_id else None
         if run_id:
             self._save_id(key, run_id)
@@ -303,7 +303,7 @@ class Tracker:
         if not self.active:
             return
         self._record({"event": "end", "key": PARENT_KEY, "status": status})
-        run_id = self._ids().get(PARENT_KEY)
+        run_id = self.run_ids().get(PARENT_KEY)
         if run_id:
             self._send("set_terminated", run_id, status=status)
 

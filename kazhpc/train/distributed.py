@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import ConfigError, KazhpcError
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -54,13 +54,13 @@ def deepspeed_path(spec: str) -> Path:
     if is_path(spec):
         path = Path(spec).expanduser().absolute()
         if not path.is_file():
-            raise ValueError(f"train.distributed.deepspeed: {path}: file not found")
+            raise ConfigError(f"train.distributed.deepspeed: {path}: file not found")
         return path
     names = deepspeed_names()
     if spec not in names:
         from kazhpc.config import suggest
 
-        raise ValueError(
+        raise ConfigError(
             f"train.distributed.deepspeed: unknown DeepSpeed config '{spec}'{suggest(spec, names)}; "
             f"known: {', '.join(names) or '(none found)'} in {deepspeed_dir()}, or a JSON path"
         )
@@ -72,9 +72,9 @@ def load_deepspeed(spec: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"train.distributed.deepspeed: {path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
+        raise ConfigError(f"train.distributed.deepspeed: {path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"train.distributed.deepspeed: {path}: expected a JSON object")
+        raise ConfigError(f"train.distributed.deepspeed: {path}: expected a JSON object")
     return data
 
 
@@ -94,7 +94,8 @@ def offloads(ds: dict[str, Any]) -> dict[str, str]:
 
 
 def check(cfg: PipelineConfig) -> None:
-    """Refuse impossible combinations (called by the config's cross-field checks)."""
+    """Refuse impossible combinations (the train job's preflight: it reads the DeepSpeed JSON, so
+    it belongs to `kazhpc validate`, not to the config schema, which sees no files)."""
     t = cfg.train
     dist = t.distributed
     if dist.deepspeed is None:
@@ -103,12 +104,12 @@ def check(cfg: PipelineConfig) -> None:
     stage = zero_stage(ds)
     where = f"train.distributed.deepspeed={dist.deepspeed}"
     if stage not in (0, 1, 2, 3):
-        raise ValueError(f"{where}: zero_optimization.stage must be 0-3 (got {stage})")
+        raise ConfigError(f"{where}: zero_optimization.stage must be 0-3 (got {stage})")
     if "param" in offloads(ds) and stage != 3:
-        raise ValueError(f"{where}: zero_optimization.offload_param needs ZeRO stage 3 (the config has stage {stage})")
+        raise ConfigError(f"{where}: zero_optimization.offload_param needs ZeRO stage 3 (the config has stage {stage})")
     q = t.quantization
     if stage == 3 and q is not None and q.quant_storage != q.compute_dtype:
-        raise ValueError(
+        raise ConfigError(
             f"train.quantization.quant_storage: QLoRA under ZeRO-3 ({where}) needs quant_storage equal to "
             f"compute_dtype ({q.compute_dtype}), else the 4-bit weights cannot be sharded (got {q.quant_storage})"
         )
@@ -120,7 +121,7 @@ def check(cfg: PipelineConfig) -> None:
     for key in _BATCH_KEYS:
         value = ds.get(key, "auto")
         if value != "auto" and value != expected[key]:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: {key} is {value} but the train section gives {expected[key]}; use \"auto\" in the JSON"
             )
 

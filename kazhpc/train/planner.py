@@ -255,10 +255,7 @@ def _deepspeed_layout(spec: str | None) -> tuple[int, bool, bool]:
         return 0, False, False
     from kazhpc.train.distributed import load_deepspeed, offloads, zero_stage
 
-    try:
-        ds = load_deepspeed(spec)
-    except ValueError as exc:
-        raise KazhpcError(str(exc)) from None
+    ds = load_deepspeed(spec)
     found = offloads(ds)
     return zero_stage(ds), "optimizer" in found, "param" in found
 

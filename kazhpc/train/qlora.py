@@ -10,7 +10,6 @@ and the adapter must have the lower loss.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -25,7 +24,7 @@ from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resu
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
-    from kazhpc.runner import JobContext
+    from kazhpc.jobspec import JobContext
     from kazhpc.tracking import JobRun
 
 log = logging.getLogger(__name__)
@@ -229,10 +228,34 @@ chat template it was trained with.
 """
 
 
+#: The job whose model and tokenizer train fine-tunes when it is in the pipeline.
+EXTEND_JOB = "extend-vocab"
+
+
+def extended_model_for_training(ctx: JobContext) -> tuple[PipelineConfig, list[int]]:
+    """The config the train job should use, and the token ids to train as whole rows.
+
+    When ``extend-vocab`` is among this run's jobs, the train job fine-tunes its saved model and
+    tokenizer (``<run>/extend-vocab/model``), with the new rows trainable; otherwise the config's
+    model, unchanged, and no extra rows.
+    """
+    cfg = ctx.cfg
+    if EXTEND_JOB not in cfg.jobs:
+        return cfg, []
+    manifest = ctx.manifest_of(EXTEND_JOB)
+    model_dir = ctx.run_dir / EXTEND_JOB / manifest["model"]["path"]
+    if not (model_dir / "config.json").is_file():
+        raise KazhpcError(f"{model_dir}: the extend-vocab job's model is missing")
+    first, count = manifest["tokenizer"]["first_new_id"], manifest["tokenizer"]["new_tokens"]
+    model = cfg.model.model_copy(update={"source": str(model_dir), "revision": None})
+    return cfg.model_copy(update={"model": model}), list(range(first, first + count))
+
+
 def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
+    distributed.check(cfg)  # ZeRO stage vs QLoRA, the DeepSpeed JSON vs the batch sizes
     warnings = []
     if cfg.train.quantization is not None and _device() == "cpu" and cfg.model.dtype != "bfloat16":
         warnings.append("4-bit training on CPU is tested with bfloat16 compute only")
@@ -252,7 +275,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from trl import SFTTrainer
 
     from kazhpc.models import load_model, load_tokenizer
-    from kazhpc.tokenization.extend_model import expose_tied_head_bias, extended_model_for_training
+    from kazhpc.tokenization.extend_model import expose_tied_head_bias
 
     # With extend-vocab in this run: its model and tokenizer (cfg.model.source points there).
     cfg, new_token_ids = extended_model_for_training(ctx)

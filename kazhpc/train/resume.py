@@ -29,13 +29,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import KazhpcError, Preempted
+from kazhpc.signals import signal_number
 
 log = logging.getLogger(__name__)
-
-#: EX_TEMPFAIL from sysexits.h: "a temporary failure; the user is invited to retry". The job saved
-#: its state and asked to be requeued; it did not fail.
-PREEMPTED_EXIT_CODE = 75
 
 #: For tests and drills: raise the preemption signal in-process after this optimizer step.
 PREEMPT_AFTER_STEP_ENV = "KAZHPC_PREEMPT_AFTER_STEP"
@@ -45,38 +42,6 @@ WAIT_FOR_SIGNAL_AT_STEP_ENV = "KAZHPC_WAIT_FOR_SIGNAL_AT_STEP"
 DRILL_WAIT_S = 600
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class Preempted(KazhpcError):
-    """Training stopped on the preemption signal after saving a checkpoint; the job is to be requeued.
-
-    The requeue itself waits for :meth:`requeue` (kazhpc.cli.report_errors calls it on the way out,
-    once run.json and MLflow have recorded the preemption): `scontrol requeue` ends the job at once.
-    """
-
-    exit_code = PREEMPTED_EXIT_CODE
-
-    def __init__(self, message: str, requeue: Callable[[], Any] | None = None) -> None:
-        super().__init__(message)
-        self._requeue = requeue
-
-    def requeue(self) -> None:
-        if self._requeue is not None:
-            self._requeue()
-
-
-def signal_number(name: str) -> signal.Signals:
-    """'USR2', 'SIGUSR2' or '12' → signal.SIGUSR2, with a clear error for anything else."""
-    text = name.strip().upper()
-    if text.isdigit():
-        try:
-            return signal.Signals(int(text))
-        except ValueError:
-            raise KazhpcError(f"train.preemption_signal: no signal number {text}") from None
-    member = getattr(signal, text if text.startswith("SIG") else f"SIG{text}", None)
-    if not isinstance(member, signal.Signals) or member in (signal.SIGKILL, signal.SIGSTOP):
-        raise KazhpcError(f"train.preemption_signal: {name!r} is not a catchable signal (e.g. USR2, TERM)")
-    return member
 
 
 def last_checkpoint(folder: Path) -> Path | None:
