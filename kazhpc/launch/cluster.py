@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from kazhpc.config import JOB_NAMES, Strict, _describe, _load_file, suggest
+from kazhpc.config import JOB_NAMES, Strict, describe_validation_error, load_yaml_file, suggest
 from kazhpc.errors import ConfigError
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -204,7 +204,7 @@ def load_cluster(path: str | Path) -> ClusterConfig:
         root = find_configs_root()
         known = sorted(p.stem for p in (root / "clusters").glob("*.yaml")) if root else []
         raise ConfigError(f"{path}: cluster profile not found; shipped profiles: {', '.join(known) or 'none'}")
-    doc = _load_file(path, (), ())
+    doc = load_yaml_file(path, (), ())
     try:
         cluster = ClusterConfig.model_validate(doc.data)
     except ValidationError as exc:
@@ -223,4 +223,4 @@ def _describe_cluster(exc: ValidationError, doc: Any, path: Path) -> str:
         origin = doc.origins.get(("jobs", named.group(1), named.group(2))) or doc.origins.get(("jobs", named.group(1)))
         if origin is not None:
             return f"{origin}: {text}"
-    return _describe(exc, doc, path, ClusterConfig)
+    return describe_validation_error(exc, doc, path, ClusterConfig)

@@ -1,0 +1,48 @@
+"""What every section schema shares: the ``Strict`` base, names and dtypes, and path resolution.
+
+Paths are resolved once, at load time (``absolute_path``), so that the resolved config a SLURM job
+receives means the same thing on a compute node and holds the very path that was checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+#: Parameter dtypes a model, its quantization or its scoring may use.
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+#: A run, model, source, task or label name: it becomes part of folder and run names.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+#: ``$NAME`` / ``${NAME}``, the forms os.path.expandvars (and datasets' loaders after it) expand.
+_ENV_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+#: How a configured value says it is a path rather than a name (hub id, built-in, template name).
+PATH_PREFIXES = (".", "/", "~", "$")
+
+
+def absolute_path(value: str) -> str:
+    """A relative path means relative to where kazhpc runs; stored absolute for SLURM steps.
+
+    ``~`` and ``$VAR`` / ``${VAR}`` are expanded here, once, at load time: the resolved config holds
+    the path every job opens, and the path checked is the path used (datasets' loaders would
+    otherwise expand a ``$`` left in a path again, after validation). A variable that is not set is
+    an error, not a literal folder name.
+    """
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = _ENV_VAR.search(expanded)
+    if unset:
+        raise ValueError(
+            f"environment variable {unset.group(0)} is not set; set it, or write the path out"
+        )
+    return os.path.abspath(os.path.expanduser(expanded))
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
