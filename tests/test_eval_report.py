@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from kazhpc.errors import FormattingError, KazhpcError
-from kazhpc.evaluation.report import read_samples, validate_results, write_report
+from kazhpc.evaluation.report import write_report
+from kazhpc.evaluation.results import validate_results
+from kazhpc.evaluation.stats import read_samples
 from kazhpc.evaluation.translation import paired_difference, score_translations, translation_task_entry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval_report"

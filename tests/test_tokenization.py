@@ -15,14 +15,9 @@ from kazhpc.data.text import word_count
 from kazhpc.errors import KazhpcError
 from kazhpc.models import bundled_checkpoint_dir
 from kazhpc.tokenization.offline import OFFLINE_TOKENIZERS, load_tokenizer_by_name
-from kazhpc.tokenization.report import (
-    LANGUAGES,
-    CorpusSpec,
-    flat_metrics,
-    measure,
-    read_corpus,
-    tokenizer_report,
-)
+from kazhpc.tokenization.corpus import LANGUAGES, CorpusSpec, read_corpus
+from kazhpc.tokenization.measure import measure
+from kazhpc.tokenization.report import flat_metrics, tokenizer_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parallel" / "kk_en_ru_tr.jsonl"
 KAZNERD = Path(__file__).resolve().parents[2] / "shared" / "data" / "kaznerd"

@@ -19,12 +19,14 @@ Local files are checked at preflight, before any model loads: every row read wit
 kazhpc.data.readers (so a row is named ``file:line``, or ``file#row`` for Parquet and JSON arrays),
 the columns the task reads present (the closest present name suggested), and every document
 rendered; a bad row, first or last, is one line naming its file, line and task.
+
+Which names exist is :mod:`kazhpc.evaluation.catalog`; the builders and the data overrides are
+:mod:`kazhpc.evaluation.builders`. This module resolves ``evaluate`` to the suite's
+:class:`TaskSpec` list, checks local files and documents, and builds lm-eval's Task objects.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -35,35 +37,18 @@ from kazhpc.config import suggest
 from kazhpc.data.adapters import mc_schema_columns
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation import prompts
+from kazhpc.evaluation.builders import (
+    as_is, mc_config, mc_reader, override_data, render_builder_row, translation_config,
+)  # fmt: skip
+from kazhpc.evaluation.catalog import (
+    COMPOSITES, SUITES, TASKS_DIR, builtin_config, group_members, kazhpc_task_files, yaml_config,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalTaskConfig, EvaluateConfig
 
 log = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-UNT_SUBJECTS = (
-    "kazakh_and_literature_unt_mc",
-    "kk_biology_unt_mc",
-    "kk_english_unt_mc",
-    "kk_geography_unt_mc",
-    "kk_history_of_kazakhstan_unt_mc",
-    "kk_human_society_rights_unt_mc",
-    "kk_world_history_unt_mc",
-)
-#: Scores pooled over the documents of several tasks (a leaderboard column over all UNT subjects).
-COMPOSITES: dict[str, tuple[str, ...]] = {"kk_unified_national_testing_mc": UNT_SUBJECTS}
-#: Names that stand for several tasks.
-SUITES: dict[str, tuple[str, ...]] = {
-    "kk-leaderboard": (
-        "mmlu_translated_kk",
-        *UNT_SUBJECTS,
-        "kk_unified_national_testing_mc",
-        "kk_constitution_mc",
-        "kk_dastur_mc",
-    ),
-}
-_READERS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 #: What a document can raise while lm-eval renders it: the row is bad, not the code.
 _DOC_ERRORS: tuple[type[BaseException], ...] = (prompts.BadItem, KeyError, ValueError, TypeError, IndexError)
 
@@ -96,225 +81,6 @@ class Suite:
 
 
 # --------------------------------------------------------------------------------------------
-# Name lookup.
-
-
-@functools.lru_cache(maxsize=1)
-def kazhpc_task_files() -> dict[str, Path]:
-    """kazhpc's own task YAMLs by task name."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    found = {}
-    for path in sorted(TASKS_DIR.glob("*.yaml")):
-        raw = load_yaml(path, resolve_func=False, recursive=False)
-        if isinstance(raw.get("task"), str) and "group" not in raw:
-            found[raw["task"]] = path
-    return found
-
-
-@functools.lru_cache(maxsize=1)
-def lm_eval_index() -> dict[str, Any]:
-    """Every task, group and tag lm-eval knows (its own plus kazhpc's); ~7 s, so only on demand."""
-    from lm_eval.tasks import TaskManager
-
-    return dict(TaskManager(include_path=str(TASKS_DIR)).task_index)
-
-
-def _unknown(name: str) -> KazhpcError:
-    known = list(dict.fromkeys([*SUITES, *COMPOSITES, *kazhpc_task_files(), *lm_eval_index()]))
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    if not close:
-        close = [k for k in known if name.lower() in k.lower()][:5]
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    return KazhpcError(f"evaluate.tasks: unknown task '{name}'{hint}")
-
-
-def _yaml_config(path: Path) -> dict[str, Any]:
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    return dict(load_yaml(path, resolve_func=True, recursive=True))
-
-
-def _builtin_config(name: str) -> dict[str, Any]:
-    entry = lm_eval_index().get(name)
-    if entry is None:
-        raise _unknown(name)
-    if entry.yaml_path is None or getattr(entry.kind, "name", "") not in ("TASK",):
-        raise KazhpcError(
-            f"evaluate.tasks: '{name}' is an lm-eval {getattr(entry.kind, 'name', 'entry').lower()}, "
-            "not a single YAML task; list its tasks by name"
-        )
-    return _yaml_config(Path(entry.yaml_path))
-
-
-# --------------------------------------------------------------------------------------------
-# Builders.
-
-
-def mc_config(task: EvalTaskConfig) -> dict[str, Any]:
-    """A leaderboard-protocol multiple-choice task over a user's file (question, choices, answer)."""
-    instruction = task.instruction or prompts.INSTRUCTION
-    item = _mc_reader(task)
-    return {
-        "task": task.name,
-        **_data_file(task.path),
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "num_fewshot": 0,
-        "doc_to_text": functools.partial(_mc_text, item=item, instruction=instruction),
-        "doc_to_choice": functools.partial(_mc_choices, item=item),
-        "doc_to_target": functools.partial(_mc_target, item=item),
-        "target_delimiter": " ",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "builder": "mc"},
-    }
-
-
-def _data_file(path: str) -> dict[str, Any]:
-    reader = _READERS.get(Path(path).suffix.lower(), "json")  # another suffix fails at preflight, named
-    return {"dataset_path": reader, "dataset_kwargs": {"data_files": {"test": path}}}
-
-
-def _mc_reader(task: EvalTaskConfig) -> Any:
-    """doc → the row prompts.normalize reads. Without columns or answer_format the row is passed
-    as it is: the {question, choices, answer} schema, or a copy in a leaderboard schema (MMLU, UNT)."""
-    if not task.columns and task.answer_format == "auto":
-        return _as_is
-    return functools.partial(
-        mc_item, question=task.column("question"), choices=task.column("choices"),
-        answer=task.column("answer"), answer_format=task.answer_format,
-    )  # fmt: skip
-
-
-def _as_is(doc: dict[str, Any]) -> dict[str, Any]:
-    return doc
-
-
-def mc_item(
-    doc: dict[str, Any], *, question: str, choices: str | list[str], answer: str, answer_format: str
-) -> dict[str, Any]:
-    """A row in a task file's own columns → the ``{question, choices, answer}`` row of the
-    leaderboard protocol (kazhpc.evaluation.prompts), the answer as a 0-based index or a letter.
-
-    ``choices`` is one column holding a list, or several columns, one option each (COPA's
-    ``choice1``, ``choice2``). ``answer_format``: ``index`` (0-based), ``letter`` (A, B, ...; Cyrillic
-    look-alikes too), ``number`` (1-based), ``auto`` (an integer is an index, anything else a letter).
-    Raises `prompts.BadItem` saying what is wrong with the row (the caller names file and line).
-    """
-    for column in (question, answer, *([choices] if isinstance(choices, str) else choices)):
-        if column not in doc:
-            raise prompts.BadItem(f"no column '{column}'")
-    if isinstance(choices, str):
-        options = doc[choices]
-        if not isinstance(options, list):
-            raise prompts.BadItem(f"column '{choices}' holds {type(options).__name__}, expected a list of options")
-    else:
-        options = [doc[c] for c in choices]
-        empty = [c for c, o in zip(choices, options) if o is None or not str(o).strip()]
-        if empty:
-            raise prompts.BadItem(f"option column '{empty[0]}' is empty")
-    raw = doc[answer]
-    text = "" if raw is None else str(raw).strip()
-    if answer_format != "auto" and not text:
-        raise prompts.BadItem(f"the answer (column '{answer}') is empty")
-    if answer_format in ("index", "number"):
-        first, what = (0, "a 0-based index") if answer_format == "index" else (1, "a 1-based number")
-        if isinstance(raw, bool) or not text.lstrip("-").isdigit():
-            raise prompts.BadItem(f"answer {raw!r} is not {what} (answer_format: {answer_format})")
-        if not first <= int(text) < first + len(options):
-            raise prompts.BadItem(
-                f"answer {int(text)} is not among the {len(options)} choices ({first}–{first + len(options) - 1})"
-            )
-        raw = int(text) - first
-    elif answer_format == "letter" and (isinstance(raw, (int, float)) or text.isdigit()):
-        raise prompts.BadItem(f"answer {raw!r} is not a letter A, B, ... (answer_format: letter)")
-    # auto: prompts reads an integer (or digits) as a 0-based index, anything else as a letter
-    return {"question": doc[question], "choices": list(options), "answer": raw}
-
-
-def _mc_text(doc: dict[str, Any], *, item: Any, instruction: str) -> str:
-    return prompts.doc_to_text(item(doc), instruction=instruction)
-
-
-def _mc_choices(doc: dict[str, Any], *, item: Any) -> list[str]:
-    return prompts.doc_to_choice(item(doc))
-
-
-def _mc_target(doc: dict[str, Any], *, item: Any) -> int:
-    return prompts.doc_to_target(item(doc))
-
-
-def _translation_text(doc: dict[str, Any], *, source: str, instruction: str, labels: tuple[str, str]) -> str:
-    # "Қазақша: ...\nАғылшынша:" makes a base model answer on the same line (a bare "Аударма:" line
-    # made Gemma-3-270M start with a newline, i.e. an empty translation).
-    return f"{instruction}\n{labels[0]}: {_field(doc, source)}\n{labels[1]}:"
-
-
-def _translation_target(doc: dict[str, Any], *, target: str) -> str:
-    return _field(doc, target)
-
-
-def _field(doc: dict[str, Any], name: str) -> str:
-    """A text field of a parallel row; a missing or empty one is a BadItem (the check names the row)."""
-    value = doc.get(name)
-    if value is None or not str(value).strip():
-        raise prompts.BadItem(f"missing field '{name}'" if value is None else f"field '{name}' is empty")
-    return str(value).strip()
-
-
-def translation_config(task: EvalTaskConfig) -> dict[str, Any]:
-    """Generate a translation greedily up to the line end; BLEU and chrF++ from sacrebleu via lm-eval."""
-    from kazhpc.data.adapters import LANGUAGE_ADVERBS, LANGUAGE_NAMES, translation_instruction
-
-    src, tgt = task.source_lang, task.target_lang
-    src_column, tgt_column = task.column(src), task.column(tgt)
-    if task.instruction:
-        instruction = task.instruction
-    elif src in LANGUAGE_NAMES and tgt in LANGUAGE_NAMES:
-        instruction = translation_instruction(src, tgt)
-    else:
-        instruction = f"Translate from {src} into {tgt}:"
-    labels = tuple(LANGUAGE_ADVERBS.get(lang, lang).capitalize() for lang in (src, tgt))
-    return {
-        "task": task.name,
-        **_data_file(task.path),
-        "test_split": "test",
-        "output_type": "generate_until",
-        "num_fewshot": 0,
-        "doc_to_text": functools.partial(_translation_text, source=src_column, instruction=instruction, labels=labels),
-        "doc_to_target": functools.partial(_translation_target, target=tgt_column),
-        "target_delimiter": " ",
-        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": task.max_gen_toks},
-        "metric_list": [
-            {"metric": "bleu", "aggregation": "bleu", "higher_is_better": True},
-            {"metric": "chrf++", "aggregation": "chrf++", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0, "builder": "translation", "source_lang": src, "target_lang": tgt},
-    }
-
-
-def _override_data(config: dict[str, Any], path: str) -> dict[str, Any]:
-    """Point every split the task names at one local file in the hub schema."""
-    reader = _READERS.get(Path(path).suffix.lower())
-    if reader is None:
-        raise KazhpcError(
-            f"evaluate.data_overrides.{config['task']}: {path}: unsupported file type; use "
-            + ", ".join(_READERS)
-        )
-    splits = {config.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")}
-    fewshot = config.get("fewshot_config") or {}
-    splits.add(fewshot.get("split") if isinstance(fewshot, dict) else None)
-    splits.discard(None)
-    config = dict(config)
-    config.update(
-        dataset_path=reader,
-        dataset_name=None,
-        dataset_kwargs={"data_files": {split: path for split in sorted(splits)}},
-    )
-    return config
-
-
-# --------------------------------------------------------------------------------------------
 # Resolution.
 
 
@@ -343,7 +109,7 @@ def resolve(cfg: EvaluateConfig) -> Suite:
             build = mc_config if entry.kind == "mc" else translation_config
             add(TaskSpec(entry.name, build(entry), "builder", entry.path, builder=entry))
             continue
-        members = COMPOSITES.get(entry) or (None if entry in kazhpc_task_files() else _group_members(entry))
+        members = COMPOSITES.get(entry) or (None if entry in kazhpc_task_files() else group_members(entry))
         if members:
             composites[entry] = members
             for member in members:
@@ -358,28 +124,18 @@ def resolve(cfg: EvaluateConfig) -> Suite:
     return Suite(specs, composites)
 
 
-def _group_members(name: str) -> tuple[str, ...] | None:
-    """The task names of an lm-eval group (include_base_44_kazakh); scored pooled, like COMPOSITES."""
-    entry = lm_eval_index().get(name)
-    if entry is None or getattr(entry.kind, "name", "") != "GROUP":
-        return None
-    members = (entry.cfg or {}).get("task")
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        raise KazhpcError(f"evaluate.tasks: lm-eval group '{name}' does not list plain task names; list its tasks")
-    return tuple(members)
-
 
 def _named(name: str, cfg: EvaluateConfig) -> TaskSpec:
     own = kazhpc_task_files()
     if name in own:
-        config, origin = _yaml_config(own[name]), "kazhpc"
+        config, origin = yaml_config(own[name]), "kazhpc"
     else:
-        config, origin = _builtin_config(name), "lm-eval"
+        config, origin = builtin_config(name), "lm-eval"
     config.pop("tag", None)
     config.pop("group", None)
     local = cfg.data_overrides.get(name)
     if local is not None:
-        config = _override_data(config, local)
+        config = override_data(config, local)
     return TaskSpec(name, config, origin, local)
 
 
@@ -409,7 +165,7 @@ def check_local_file(spec: TaskSpec) -> list[str]:
                 raise KazhpcError(f"{path}: {key}: {problem}")
         if spec.builder is not None:
             try:
-                _render_builder_row(spec.builder, row.data)
+                render_builder_row(spec.builder, row.data)
             except prompts.BadItem as exc:
                 raise KazhpcError(f"{row.origin}: task {spec.name}: {exc}") from None
         origins.append(row.origin)
@@ -424,7 +180,7 @@ def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
         if task.kind == "translation":
             return {str(task.column(task.source_lang)), str(task.column(task.target_lang))}, key
         choices = task.column("choices")
-        if _mc_reader(task) is _as_is and "choices" not in present and _leaderboard_schema(present):
+        if mc_reader(task) is as_is and "choices" not in present and _leaderboard_schema(present):
             return mc_schema_columns(present), key
         return {str(task.column("question")), str(task.column("answer")), *([choices] if isinstance(choices, str) else choices)}, key
     if spec.origin == "kazhpc":  # the leaderboard protocol reads the MMLU-style or the UNT schema
@@ -452,15 +208,6 @@ def _template_columns(config: dict[str, Any]) -> set[str]:
             if isinstance(template, str) and ("{{" in template or "{%" in template):
                 names |= jinja2.meta.find_undeclared_variables(env.parse(template))
     return names - set(env.globals)
-
-
-def _render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
-    """The checks lm-eval's rendering would make of one row of a builder task, with kazhpc's messages."""
-    if task.kind == "translation":
-        _field(row, str(task.column(task.source_lang)))
-        _field(row, str(task.column(task.target_lang)))
-        return
-    prompts.normalize(_mc_reader(task)(row))
 
 
 def _row_origin(spec: TaskSpec, row: int) -> str:

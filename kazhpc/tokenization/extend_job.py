@@ -158,7 +158,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         save_extended_tokenizer,
     )  # fmt: skip
     from kazhpc.tokenization.extend_model import MODEL_DIR, adapt, bits_per_char, resize_and_initialise
-    from kazhpc.tokenization.report import Corpus, _check_kazakh, language_shares
+    from kazhpc.tokenization.corpus import Corpus, check_kazakh, language_shares
 
     cfg, section = ctx.cfg, ctx.cfg.extend_vocab
     started = time.time()
@@ -168,8 +168,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if section.check_language:
         shares = language_shares(train, LanguageIdentifier(("kk", "en", "ru", "tr")))
         assert section.corpus is not None
-        _check_kazakh(Corpus(section.corpus.name or Path(section.corpus.path).name, section.corpus.path, "kk"),
-                      shares, section.min_kk_share)  # fmt: skip
+        check_kazakh(Corpus(section.corpus.name or Path(section.corpus.path).name, section.corpus.path, "kk"),
+                     shares, section.min_kk_share)  # fmt: skip
 
     base_tok = load_tokenizer(cfg.model, cfg.cache_root)
     spec = base_tokenizer_spec(base_tok)

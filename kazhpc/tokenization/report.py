@@ -4,44 +4,12 @@ Kazakh is agglutinative: one word carries a stem and a chain of suffixes (``Қа
 ``оқы-т-ып жатыр``), and multilingual tokenizers cut such a word into 3–5 pieces, so the same
 content costs more context, compute and money than in English. This module measures that cost.
 
-Reading a corpus (:func:`read_corpus`)
---------------------------------------
-* ``text``: one passage per line.
-* ``jsonl``: one JSON object per line; the passage is the string in ``field``.
-* ``iob2`` (KazNERD): ``token TAG`` per line, a blank line between sentences; a sentence is its
-  tokens joined by single spaces (as the reference project did).
-* ``parallel``: JSONL rows or a CSV with a header whose language columns (``kk``, ``en``, ``ru``,
-  ``tr``; any subset, ``kk`` required) hold translations of one another, row by row.
-* ``auto`` (default): ``.csv`` → parallel; ``.jsonl``/``.json`` → jsonl when a ``field`` is given,
-  else parallel; anything else → iob2 when its first lines look like ``token TAG``, else text.
-
-Every passage is stripped of surrounding whitespace and empty ones are skipped. The only
-normalisation is Unicode NFC (:func:`kazhpc.data.text.nfc`): the same letters, composed, as the
-preprocess job writes them; nothing else is changed (no look-alike fixes, no lower-casing).
-
-Definitions (:func:`measure`)
------------------------------
-* word: :func:`kazhpc.data.text.word_count`, the one definition in kazhpc: a whitespace-separated
-  token with at least one letter or digit (``—``, ``«``, ``.`` alone are not words).
-* tokens: what the tokenizer makes of each passage, **without** special tokens by default;
-  ``add_special_tokens=True`` adds what the model's tokenizer adds to every sequence (``<bos>``
-  for Gemma, Llama and Tekken; nothing for Qwen).
-* fertility = tokens / words; chars per token; UTF-8 bytes per token.
-* tokens per whitespace token = tokens / ``len(text.split())``: the reference project's figure,
-  which counts punctuation tokens as words. On KazNERD, whose punctuation is split off into
-  tokens of its own, this is ~17% lower than fertility: Gemma-3 on the validation split gives
-  2.80 with ``<bos>`` (the reference's number), 2.72 without; fertility proper is 3.39 / 3.29.
-* words split into ≥3 pieces: each distinct word is tokenized **in isolation**, in the form it
-  has mid-sentence: after one space (``" " + word``), without special tokens; a first token that
-  is only that space (before a digit, for some tokenizers) is not counted as a piece. The share is
-  over word occurrences (each distinct word is tokenized once). The leading space matters: every
-  tokenizer here stores word-initial pieces with their space (``▁Қазақстан``, ``ĠҚаз``), so a bare
-  ``Қазақстан`` would be cut into more, rarer pieces than the text ever shows.
-* unknown-token rate: ``<unk>`` tokens / tokens, for tokenizers with an ``unk_id`` (Gemma-3,
-  most transformers tokenizers). The byte-level BPEs (Llama-3/4, Qwen2.5, Tekken) have a token for
-  every byte, so an unknown token cannot occur: their rate is 0 by construction.
-* parity kk/X = tokens of the Kazakh side / tokens of the X side, summed over the rows where both
-  sides are present, always without special tokens (they are not content).
+The work is in three modules: :mod:`kazhpc.tokenization.corpus` reads a corpus (its docstring
+lists the formats) and checks its language; :mod:`kazhpc.tokenization.measure` measures one
+tokenizer on a list of texts (its docstring defines every number); this one,
+:func:`tokenizer_report`, runs every tokenizer on every language of a corpus and writes
+``tokenizers.md``/``.csv``/``.json`` and ``fertility.png``; :func:`flat_metrics` are its numbers
+for MLflow.
 
 Bad input fails early, in one line: an empty corpus, a parallel file without a ``kk`` column, a
 tokenizer that cannot be loaded, and a corpus whose ``kk`` texts are mostly not Kazakh (lingua,
@@ -51,388 +19,19 @@ tokenizer that cannot be loaded, and a corpus whose ``kk`` texts are mostly not 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
-import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
-from kazhpc.data.text import nfc, word_count
-from kazhpc.errors import KazhpcError, jsonl_objects, read_user_text
-from kazhpc.tokenization.offline import TokenizerAdapter, load_tokenizer_by_name
+from kazhpc.data.text import word_count
+from kazhpc.errors import KazhpcError
+from kazhpc.tokenization.corpus import LANGUAGES, CorpusSpec, check_kazakh, language_shares, read_corpus
+from kazhpc.tokenization.measure import DEFINITIONS, measure, parity, split_example
+from kazhpc.tokenization.offline import load_tokenizer_by_name
 
-__all__ = [
-    "DEFINITIONS",
-    "LANGUAGES",
-    "Corpus",
-    "CorpusSpec",
-    "Metrics",
-    "flat_metrics",
-    "language_shares",
-    "measure",
-    "normalize",
-    "parity",
-    "read_corpus",
-    "tokenizer_report",
-]
-
-#: The languages a parallel corpus may hold, in report order.
-LANGUAGES: tuple[str, ...] = ("kk", "en", "ru", "tr")
-CorpusFormat = Literal["auto", "text", "jsonl", "iob2", "parallel"]
-_IOB2_TAG = re.compile(r"^(?:O|[BIES]-\S+)$")
-_LANGID_SAMPLE = 1000
-_BATCH = 2000
-
-#: What the numbers mean; written into tokenizers.md and returned with the results.
-DEFINITIONS: dict[str, str] = {
-    "normalisation": "Unicode NFC only (kazhpc.data.text.nfc); passages stripped, empty ones skipped",
-    "word": "kazhpc.data.text.word_count: a whitespace-separated token with at least one letter or digit",
-    "tokens": "token ids of each passage; special tokens only when add_special_tokens is set "
-    "(what the model's tokenizer adds to a sequence: <bos> for Gemma, Llama, Tekken; none for Qwen)",
-    "fertility": "tokens / words",
-    "tokens_per_space_token": "tokens / whitespace-separated tokens (punctuation tokens included): "
-    "the reference project's 'tokens per word'",
-    "chars_per_token": "Unicode characters / tokens",
-    "bytes_per_token": "UTF-8 bytes / tokens",
-    "split3_share": "share of word occurrences whose word, tokenized in isolation as it appears mid-sentence "
-    "(' ' + word, no special tokens; a leading space-only token not counted), gives 3 or more pieces",
-    "isolated_pieces_per_word": "mean pieces per word occurrence, each word tokenized in isolation as above",
-    "unk_rate": "unknown tokens / tokens, for tokenizers with an unk id; byte-level BPEs (Llama, Qwen, "
-    "Tekken) cannot produce one: 0 by construction",
-    "parity": "tokens(kk) / tokens(X) over the rows where both sides are present, without special tokens",
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Corpora
-
-
-def normalize(text: str) -> str:
-    """The one text normalisation of the tokenizer report: NFC, nothing else."""
-    return nfc(text)[0]
-
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    """Where a corpus is and how to read it; the fields a config section holds.
-
-    ``language`` is the language of a monolingual corpus (``text``/``jsonl``/``iob2``).
-    ``max_texts`` keeps only the first rows (a quick look at a large corpus).
-    """
-
-    path: Path
-    format: CorpusFormat = "auto"
-    field: str | None = None
-    name: str | None = None
-    language: str = "kk"
-    max_texts: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or Path(self.path).name
-
-
-@dataclass
-class Corpus:
-    """Passages by language. For a parallel corpus the lists are aligned rows, "" where absent."""
-
-    name: str
-    path: str
-    format: str
-    columns: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        return max((len(v) for v in self.columns.values()), default=0)
-
-    def texts(self, language: str) -> list[str]:
-        return [t for t in self.columns.get(language, []) if t]
-
-
-def _clean(value: object, where: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise KazhpcError(f"{where}: expected a string, got {type(value).__name__}")
-    return normalize(value.strip())
-
-
-def _looks_like_iob2(text: str) -> bool:
-    lines = [line for line in text.splitlines()[:200] if line.strip()]
-    if not lines:
-        return False
-    return all(len(p := line.split()) >= 2 and _IOB2_TAG.match(p[-1]) for line in lines)
-
-
-def _detect_format(spec: CorpusSpec, text: str) -> str:
-    suffix = Path(spec.path).suffix.lower()
-    if suffix == ".csv":
-        return "parallel"
-    if suffix in (".jsonl", ".json"):
-        return "jsonl" if spec.field else "parallel"
-    return "iob2" if _looks_like_iob2(text) else "text"
-
-
-def read_corpus(spec: CorpusSpec, languages: Iterable[str] = LANGUAGES) -> Corpus:
-    """Read and normalise a corpus; raise KazhpcError naming the file for anything unusable."""
-    path = Path(spec.path)
-    if spec.language not in LANGUAGES:
-        raise KazhpcError(f"{path}: corpus language '{spec.language}' is not one of {', '.join(LANGUAGES)}")
-    text = read_user_text(path, "corpus")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    fmt = _detect_format(spec, text) if spec.format == "auto" else spec.format
-    corpus = Corpus(spec.label, str(path), fmt)
-    wanted = [lang for lang in LANGUAGES if lang in set(languages)]
-    if fmt == "text":
-        corpus.columns[spec.language] = [t for t in (_clean(line, str(path)) for line in text.splitlines()) if t]
-    elif fmt == "jsonl":
-        if not spec.field:
-            raise KazhpcError(f"{path}: a jsonl corpus needs a field (the key that holds the text)")
-        texts, seen_keys, found = [], set(), False
-        for number, row in jsonl_objects(text.splitlines(), path):
-            seen_keys.update(row)
-            if spec.field in row:
-                found = True
-                value = _clean(row[spec.field], f"{path}:{number}: field '{spec.field}'")
-                if value:
-                    texts.append(value)
-        if seen_keys and not found:
-            raise KazhpcError(
-                f"{path}: no row has the field '{spec.field}' (fields: {', '.join(sorted(seen_keys))})"
-            )
-        corpus.columns[spec.language] = texts
-    elif fmt == "iob2":
-        corpus.columns[spec.language] = _read_iob2(text, path)
-    elif fmt == "parallel":
-        corpus.columns = _read_parallel(text, path, wanted)
-    else:
-        raise KazhpcError(f"{path}: unknown corpus format '{fmt}'; expected auto, text, jsonl, iob2 or parallel")
-    if spec.max_texts is not None:
-        corpus.columns = {k: v[: spec.max_texts] for k, v in corpus.columns.items()}
-    if not any(corpus.texts(lang) for lang in corpus.columns):
-        raise KazhpcError(f"corpus {corpus.name} ({path}): no text to measure ({fmt} format)")
-    return corpus
-
-
-def _read_iob2(text: str, path: Path) -> list[str]:
-    sentences, current = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            if current:
-                sentences.append(normalize(" ".join(current)))
-                current = []
-            continue
-        if parts[0] == "-DOCSTART-":
-            continue
-        if len(parts) < 2 or not _IOB2_TAG.match(parts[-1]):
-            raise KazhpcError(f"{path}:{number}: not IOB2 (expected 'token TAG', got {line.strip()[:60]!r})")
-        current.append(parts[0])
-    if current:
-        sentences.append(normalize(" ".join(current)))
-    return sentences
-
-
-def _read_parallel(text: str, path: Path, wanted: list[str]) -> dict[str, list[str]]:
-    rows: list[tuple[str, dict]] = []
-    columns: list[str] = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        columns = [c.strip() for c in reader.fieldnames or []]
-        for number, row in enumerate(reader, 2):
-            rows.append((f"{path}:{number}", {(k or "").strip(): v for k, v in row.items()}))
-    else:
-        for number, row in jsonl_objects(text.splitlines(), path):
-            columns.extend(k for k in row if k not in columns)
-            rows.append((f"{path}:{number}", row))
-    if "kk" not in columns:
-        raise KazhpcError(
-            f"{path}: no 'kk' column; a parallel corpus needs the Kazakh side "
-            f"(columns: {', '.join(columns) or 'none'})"
-        )
-    present = [lang for lang in wanted if lang in columns]
-    if "kk" not in present:
-        present.insert(0, "kk")
-    out: dict[str, list[str]] = {lang: [] for lang in present}
-    for where, row in rows:
-        for lang in present:
-            out[lang].append(_clean(row.get(lang), f"{where}: column '{lang}'"))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Language check
-
-
-def language_shares(texts: list[str], identifier=None, sample: int = _LANGID_SAMPLE) -> dict[str, float | int]:
-    """Lingua's verdict on up to ``sample`` evenly spaced texts: share per language, and ``checked``.
-
-    Shares are over the texts long enough to identify (15+ letters); ``und`` is lingua's "none of
-    kk/ru/en/tr". Returns ``{"checked": 0}`` when no text is long enough.
-    """
-    from kazhpc.data.langid import LanguageIdentifier
-
-    identifier = identifier or LanguageIdentifier(LANGUAGES)
-    if len(texts) > sample:
-        texts = [texts[(i * len(texts)) // sample] for i in range(sample)]
-    results = [r for r in identifier.detect_many(texts) if not r.short]
-    counts = Counter(r.language or "und" for r in results)
-    shares: dict[str, float | int] = {"checked": len(results)}
-    for lang, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        shares[lang] = round(n / len(results), 4)
-    return shares
-
-
-def _check_kazakh(corpus: Corpus, shares: dict[str, float | int], min_share: float) -> None:
-    checked = int(shares.get("checked", 0))
-    if not checked:
-        return
-    kk = float(shares.get("kk", 0.0))
-    if kk >= min_share:
-        return
-    others = sorted(((k, float(v)) for k, v in shares.items() if k not in ("checked", "kk")), key=lambda kv: -kv[1])
-    top = f" ({others[0][0]} {others[0][1]:.0%})" if others else ""
-    raise KazhpcError(
-        f"corpus {corpus.name}: only {kk:.0%} of the kk texts are Kazakh{top}; "
-        f"lingua checked {checked} texts of {corpus.path}"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Measurement
-
-
-@dataclass
-class Metrics:
-    """Counts over a list of texts for one tokenizer; the ratios are properties (see DEFINITIONS)."""
-
-    texts: int = 0
-    words: int = 0
-    space_tokens: int = 0
-    tokens: int = 0
-    special_tokens: int = 0
-    chars: int = 0
-    bytes: int = 0
-    distinct_words: int = 0
-    words_3plus: int = 0
-    isolated_pieces: int = 0
-    unk_tokens: int = 0
-    has_unk: bool = False
-
-    @staticmethod
-    def _ratio(a: float, b: float) -> float:
-        return a / b if b else math.nan
-
-    @property
-    def fertility(self) -> float:
-        return self._ratio(self.tokens, self.words)
-
-    @property
-    def tokens_per_space_token(self) -> float:
-        return self._ratio(self.tokens, self.space_tokens)
-
-    @property
-    def chars_per_token(self) -> float:
-        return self._ratio(self.chars, self.tokens)
-
-    @property
-    def bytes_per_token(self) -> float:
-        return self._ratio(self.bytes, self.tokens)
-
-    @property
-    def split3_share(self) -> float:
-        return self._ratio(self.words_3plus, self.words)
-
-    @property
-    def isolated_pieces_per_word(self) -> float:
-        return self._ratio(self.isolated_pieces, self.words)
-
-    @property
-    def unk_rate(self) -> float:
-        return self._ratio(self.unk_tokens, self.tokens) if self.tokens else 0.0
-
-    def as_dict(self) -> dict[str, float | int | bool]:
-        out: dict[str, float | int | bool] = asdict(self)
-        for name in ("fertility", "tokens_per_space_token", "chars_per_token", "bytes_per_token",
-                     "split3_share", "isolated_pieces_per_word", "unk_rate"):  # fmt: skip
-            out[name] = getattr(self, name)
-        return out
-
-
-def _batches(texts: list[str], size: int = _BATCH) -> Iterable[list[str]]:
-    for start in range(0, len(texts), size):
-        yield texts[start : start + size]
-
-
-def measure(adapter: TokenizerAdapter, texts: list[str], *, add_special_tokens: bool = False) -> Metrics:
-    """Tokens, words, characters, bytes, ≥3-piece words and unknown tokens of ``texts``.
-
-    ``texts`` are measured as given (normalise them with :func:`normalize` first; the corpus
-    readers do). Each distinct word is tokenized once, in isolation, for the ≥3-piece share.
-    """
-    m = Metrics(texts=len(texts), has_unk=adapter.unk_id is not None)
-    words: Counter[str] = Counter()
-    for batch in _batches(texts):
-        for text, ids in zip(batch, adapter.encode_batch(batch)):
-            m.tokens += len(ids)
-            if adapter.unk_id is not None:
-                m.unk_tokens += ids.count(adapter.unk_id)
-            m.words += word_count(text)
-            m.chars += len(text)
-            m.bytes += len(text.encode("utf-8"))
-            pieces = text.split()
-            m.space_tokens += len(pieces)
-            words.update(pieces)
-    if add_special_tokens:
-        m.special_tokens = len(adapter.special_ids) * len(texts)
-        m.tokens += m.special_tokens
-    distinct = sorted(w for w in words if word_count(w) == 1)  # the same words as word_count's
-    m.distinct_words = len(distinct)
-    for batch in _batches(distinct):
-        for word, ids in zip(batch, _isolated(adapter, batch)):
-            m.isolated_pieces += len(ids) * words[word]
-            if len(ids) >= 3:
-                m.words_3plus += words[word]
-    return m
-
-
-def _isolated(adapter: TokenizerAdapter, words: list[str]) -> list[list[int]]:
-    """Token ids of each word alone, as it appears mid-sentence (after a space), without a leading
-    token that is only that space."""
-    out = []
-    for ids in adapter.encode_batch([" " + w for w in words]):
-        if ids and not adapter.decode(ids[:1]).strip():
-            ids = ids[1:]
-        out.append(ids)
-    return out
-
-
-def parity(adapter: TokenizerAdapter, kk: list[str], other: list[str]) -> tuple[float, int]:
-    """tokens(kk) / tokens(other) over the aligned rows where both are non-empty; and that row count."""
-    pairs = [(a, b) for a, b in zip(kk, other, strict=True) if a and b]
-    if not pairs:
-        return math.nan, 0
-    kk_tokens = sum(len(ids) for batch in _batches([a for a, _ in pairs]) for ids in adapter.encode_batch(batch))
-    other_tokens = sum(len(ids) for batch in _batches([b for _, b in pairs]) for ids in adapter.encode_batch(batch))
-    return (kk_tokens / other_tokens if other_tokens else math.nan), len(pairs)
-
-
-def _split_example(adapter: TokenizerAdapter, word: str) -> dict[str, str | int]:
-    """``{"pieces": "Қазақ|стан|ның", "tokens": 3}``; tokens that only together make whole
-    characters (a byte-level BPE cutting a two-byte Cyrillic letter) show as one ``[x]``."""
-    ids = _isolated(adapter, [word])[0]
-    groups, start = [], 0
-    for end in range(1, len(ids) + 1):
-        piece = adapter.decode(ids[start:end])
-        if "\ufffd" not in piece or end == len(ids):
-            piece = piece.lstrip() if start == 0 else piece
-            groups.append(piece if end - start == 1 else f"[{piece}]")
-            start = end
-    return {"pieces": "|".join(groups), "tokens": len(ids)}
+__all__ = ["flat_metrics", "tokenizer_report"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +89,7 @@ def tokenizer_report(
         for lang in langs:
             langid[lang] = language_shares(data.texts(lang), identifier)
         if "kk" in langid:
-            _check_kazakh(data, langid["kk"], min_kk_share)
+            check_kazakh(data, langid["kk"], min_kk_share)
 
     adapters = [load_tokenizer_by_name(s, cache_root) for s in specs]  # all load before any measuring
 
@@ -536,7 +135,7 @@ def tokenizer_report(
                 "parity_kk": parities.get(lang, {}).get("value"), "parity_rows": parities.get(lang, {}).get("rows"),
                 "vocab_size": adapter.vocab_size,
             })  # fmt: skip
-        results["examples"][name] = {w: _split_example(adapter, w) for w in example_words}
+        results["examples"][name] = {w: split_example(adapter, w) for w in example_words}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
