@@ -65,7 +65,8 @@ def config(data: Path, runs: Path, shards: int):
 
 
 def _part(args: tuple) -> dict:
-    from kazhpc.preprocess import part_dir, run_part
+    from kazhpc.partfiles import part_dir
+    from kazhpc.preprocess import run_part
 
     cfg, out_dir, index, count = args
     run_part(cfg, out_dir, index, count)

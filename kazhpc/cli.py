@@ -132,76 +132,54 @@ def init(
         print(new_run_dir(cfg))
 
 
-@app.command()
-def preprocess(
-    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
-    overrides: Optional[List[str]] = OverridesArg,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: process only part i of n (an array task)"),
-) -> None:
-    """Clean, deduplicate and format the configured Kazakh sources into Parquet shards."""
-    _run_one_job("preprocess", config, overrides, run_dir, shard)
+# -- one command per job type, derived from kazhpc.registry ------------------------------------
 
 
-def _run_one_job(job: str, config: Optional[Path], overrides: Optional[List[str]], run_dir: Optional[Path],
-                 shard: Optional[str]) -> Path:
-    """One job (or one part of it, an array task); print the run directory and the job's states."""
+def _run_job_command(job: str, config: Optional[Path], overrides: Optional[List[str]], run_dir: Optional[Path],
+                     shard: Optional[str]) -> None:
+    """One job (or one part of it, an array task); print what the job says it printed (a table, a
+    results file), the run directory and the job's states."""
+    from kazhpc.registry import job_type
     from kazhpc.runner import read_state, run_single
 
+    spec = job_type(job)
     setup_logging()
     with report_errors():
         path = run_single(job, config, overrides or [], run_dir, shard)
-    out.print(f"run directory: {path}")
+    if shard is None and spec.table and (path / job / spec.table).is_file():
+        sys.stdout.write((path / job / spec.table).read_text(encoding="utf-8"))  # unwrapped
+    if shard is None and spec.result and (path / job / spec.result).is_file():
+        out.print(f"results: {path / job / spec.result}", highlight=False)
+    out.print(f"run directory: {path}", highlight=False)
     for name, state in read_state(path).get("jobs", {}).items():
-        if name.startswith(job):
-            out.print(f"  {name}: {state.get('status')}")
-    return path
+        if name == job or name.startswith(f"{job}["):
+            out.print(f"  {name}: {state.get('status')}", highlight=False)
 
 
-@app.command()
-def evaluate(
-    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
-    overrides: Optional[List[str]] = OverridesArg,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate only shard i of n (an array task)"),
-) -> None:
-    """Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly."""
-    path = _run_one_job("evaluate", config, overrides, run_dir, shard)
-    results = path / "evaluate" / "results.json"
-    if shard is None and results.is_file():
-        out.print(f"results: {results}")
+def _job_command(job: str, splits: bool):
+    """The `kazhpc <job>` command: CONFIG [key=value ...] or --run-dir, plus --shard if it splits."""
+    config_arg = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)")
+    run_dir_opt = typer.Option(None, "--run-dir", help="join an existing run directory")
+    if splits:
+        def command(config: Optional[Path] = config_arg, overrides: Optional[List[str]] = OverridesArg,
+                    run_dir: Optional[Path] = run_dir_opt,
+                    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only part i of n (an array task; with --run-dir)")) -> None:
+            _run_job_command(job, config, overrides, run_dir, shard)
+    else:
+        def command(config: Optional[Path] = config_arg, overrides: Optional[List[str]] = OverridesArg,
+                    run_dir: Optional[Path] = run_dir_opt) -> None:
+            _run_job_command(job, config, overrides, run_dir, None)
+    return command
 
 
-@app.command()
-def tokenizers(
-    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
-    overrides: Optional[List[str]] = OverridesArg,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
-) -> None:
-    """Measure the Kazakh tokenizer tax of the configured tokenizers; print the table."""
-    _run_and_print_table("tokenizers", "tokenizers.md", config, overrides, run_dir)
+def _add_job_commands() -> None:
+    from kazhpc.registry import JOB_TYPES
+
+    for spec in JOB_TYPES:
+        app.command(spec.name, help=spec.summary)(_job_command(spec.name, spec.splits))
 
 
-def _run_and_print_table(job: str, table: str, config: Optional[Path], overrides: Optional[List[str]],
-                         run_dir: Optional[Path]) -> None:
-    """Run one job, then print the Markdown table it wrote (unwrapped) and the run directory."""
-    from kazhpc.runner import run_single
-
-    setup_logging()
-    with report_errors():
-        path = run_single(job, config, overrides or [], run_dir)
-    sys.stdout.write((path / job / table).read_text(encoding="utf-8"))
-    out.print(f"run directory: {path}")
-
-
-@app.command("extend-vocab")
-def extend_vocab(
-    config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
-    overrides: Optional[List[str]] = OverridesArg,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join an existing run directory"),
-) -> None:
-    """Add Kazakh tokens to the model's BPE, grow its embeddings, measure the effect; print the table."""
-    _run_and_print_table("extend-vocab", "extension.md", config, overrides, run_dir)
+_add_job_commands()
 
 
 @app.command()

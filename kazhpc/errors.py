@@ -7,6 +7,7 @@ so that a mistake costs seconds rather than a queue wait.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -97,3 +98,13 @@ def jsonl_objects(lines: Iterable[str], path: str | Path) -> Iterator[tuple[int,
         if not isinstance(row, dict):
             raise KazhpcError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
+
+
+def suggest(word: str, options: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest option: a near spelling, or the one option it abbreviates.
+    The one "did you mean" of kazhpc: config keys, job names, task names, data columns."""
+    options = list(options)
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not match and len(word) >= 3:
+        match = [o for o in options if o.startswith(word)]
+    return f" (did you mean '{match[0]}'?)" if len(match) == 1 else ""

@@ -1,39 +1,21 @@
-"""What a job type is, and what a running job gets.
+"""What a running job gets (the job types themselves are listed in kazhpc.registry).
 
-A :class:`Job` is a job type's spec (its run, preflight and parts functions, what it reads from
-earlier jobs); the registry of all of them is kazhpc.runner.registry. A :class:`JobContext` is what
-one running job receives: its config, its folder in the run directory, its tracking run, and the
-fingerprint of its inputs. Jobs talk to each other only through the run directory's manifests.
+A :class:`JobContext` is what one running job receives: its config, its folder in the run
+directory, its tracking run, and the inputs its output is made from. Jobs talk to each other only
+through the run directory's manifests (:func:`read_manifest`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError, read_json_file
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
     from kazhpc.tracking import JobRun
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job type: ``run`` does the work and returns its manifest; ``preflight`` checks the config
-    without loading models or touching a GPU, and returns warnings (errors are raised)."""
-
-    name: str
-    run: Callable[[JobContext], dict[str, Any]]
-    preflight: Callable[[PipelineConfig], list[str]]
-    #: For jobs that split into parts (SLURM array tasks): do part i of n into the job's folder.
-    part: Callable[[PipelineConfig, Path, int, int], Path] | None = None
-    #: Earlier jobs whose outputs this one reads (when they are in the pipeline): their
-    #: fingerprints are part of this job's inputs, so redoing one of them redoes this one.
-    needs: tuple[str, ...] = ()
-    #: Input files the job reads that its own config section does not name.
-    extra_inputs: Callable[[PipelineConfig], list[str]] | None = None
 
 
 @dataclass

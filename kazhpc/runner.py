@@ -24,42 +24,24 @@ from filelock import FileLock
 from kazhpc.config import PipelineConfig, dump_yaml, flatten, load_config
 from kazhpc.errors import Interrupted, KazhpcError, Preempted, read_json_file
 from kazhpc.fingerprint import changes, fingerprint, job_inputs
-from kazhpc.jobspec import Job, JobContext, read_manifest
+from kazhpc.jobspec import JobContext, read_manifest
 from kazhpc.parts import record_inputs
+from kazhpc.registry import job_type
 from kazhpc.tracking import Tracker, global_rank, run_tags
 
 log = logging.getLogger("kazhpc")
 
 
-def registry() -> dict[str, Job]:
-    """Every job type by name (imported lazily: a job's heavy imports load only when it runs)."""
-    from kazhpc import prepare_model, preprocess
-    from kazhpc.tokenization import job as tokenizers
-    from kazhpc.tokenization import extend_job
-    from kazhpc.evaluation import job as evaluation_job
-    from kazhpc.train import qlora
-
-    return {
-        "prepare-model": Job("prepare-model", prepare_model.run, prepare_model.preflight),
-        "tokenizers": Job("tokenizers", tokenizers.run, tokenizers.preflight),
-        "extend-vocab": Job("extend-vocab", extend_job.run, extend_job.preflight),
-        "preprocess": Job("preprocess", preprocess.run, preprocess.preflight, preprocess.run_part,
-                          extra_inputs=preprocess.decontamination_files),
-        "train": Job("train", qlora.run, qlora.preflight, needs=("extend-vocab", "preprocess")),
-        "evaluate": Job("evaluate", evaluation_job.run, evaluation_job.preflight, evaluation_job.run_part,
-                        needs=("extend-vocab", "train")),
-    }
-
-
 def inputs_of(cfg: PipelineConfig, run_dir: Path, name: str) -> dict[str, Any]:
     """What job ``name`` of this run is made from now: its config, its files, its upstream jobs."""
-    spec = registry()[name]
+    job = job_type(name)
     upstream = {}
-    for needed in spec.needs:
+    for needed in job.needs:
         if needed in cfg.jobs:
             manifest = run_dir / needed / "manifest.json"
             upstream[needed] = read_json_file(manifest, f"the {needed} job's manifest").get("fingerprint", "?") if manifest.is_file() else "not run"
-    extra = spec.extra_inputs(cfg) if spec.extra_inputs else []
+    extra_inputs = getattr(job.adapter(), "extra_inputs", None)
+    extra = extra_inputs(cfg) if extra_inputs else []
     return job_inputs(cfg.resolved_dict(), name.replace("-", "_"), extra, upstream)
 
 
@@ -76,10 +58,9 @@ def up_to_date(cfg: PipelineConfig, run_dir: Path, name: str) -> tuple[bool, lis
 
 def preflight(cfg: PipelineConfig) -> list[str]:
     """Every check that needs no GPU, for every configured job; returns the warnings."""
-    jobs = registry()
     warnings: list[str] = []
     for name in cfg.jobs:
-        warnings += [f"{name}: {w}" for w in jobs[name].preflight(cfg)]
+        warnings += [f"{name}: {w}" for w in job_type(name).adapter().preflight(cfg)]
     return warnings
 
 
@@ -192,7 +173,7 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     """Run one job: its folder, its child run, its log file, its manifest."""
     import transformers
 
-    job = registry()[name]
+    job = job_type(name).adapter()
     job_dir = run_dir / name
     job_dir.mkdir(parents=True, exist_ok=True)
     inputs = inputs_of(cfg, run_dir, name)
@@ -272,20 +253,21 @@ def run_single(
         raise KazhpcError(f"job '{job}' is not in this config's jobs ({', '.join(cfg.jobs)})")
     if shard is None:
         return run_pipeline(cfg, run_dir=run_dir, only=[job])
-    spec = registry()[job]
-    if spec.part is None:
+    spec = job_type(job)
+    if not spec.splits:
         raise KazhpcError(f"job '{job}' does not split into parts; drop --shard")
     if run_dir is None:
         raise KazhpcError("--shard needs --run-dir: the parts and their merge share one run directory")
     index, count = parse_part(shard)
-    for warning in spec.preflight(cfg):
+    adapter = spec.adapter()
+    for warning in adapter.preflight(cfg):
         log.warning(warning)
     job_dir = run_dir / job
     part = f"{job}[{index}/{count}]"
     set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     inputs = inputs_of(cfg, run_dir, job)  # before the part reads them
     try:
-        record_inputs(spec.part(cfg, job_dir, index, count), inputs)
+        record_inputs(adapter.run_part(cfg, job_dir, index, count), inputs)
     except BaseException as exc:
         set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise

@@ -225,9 +225,9 @@ def test_multi_gpu_training_uses_the_distributed_launch() -> None:
 def test_every_job_that_splits_becomes_an_array_and_a_merge() -> None:
     """Generic over the registry: each job with parts (preprocess, evaluate) and shards=2 in its config."""
     from kazhpc.config import JOB_NAMES
-    from kazhpc.runner import registry
+    from kazhpc.registry import JOB_TYPES
 
-    split = [name for name, spec in registry().items() if spec.part is not None]
+    split = [job.name for job in JOB_TYPES if job.splits]
     assert "preprocess" in split
     jobs = "[" + ",".join(JOB_NAMES) + "]"
     cfg = load_config(SMOKE, [f"jobs={jobs}", *[f"{job.replace('-', '_')}.shards=2" for job in split]])

@@ -64,7 +64,7 @@ def test_shipped_yamls_load_in_lm_eval_task_manager() -> None:
     """lm_eval --include_path kazhpc/evaluation/tasks sees the tasks and the UNT group."""
     from lm_eval.tasks import TaskManager
 
-    from kazhpc.evaluation.suite import TASKS_DIR
+    from kazhpc.evaluation.catalog import TASKS_DIR
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     assert "kk_dastur_mc" in manager.all_subtasks and "kk_unified_national_testing_mc" in manager.all_groups
@@ -198,7 +198,8 @@ def test_plan_covers_every_document_once_in_balanced_contiguous_ranges(count: in
 def test_a_missing_shard_is_named_with_the_command_that_reruns_it(tmp_path: Path) -> None:
     from kazhpc.config import load_config
     from kazhpc.errors import KazhpcError
-    from kazhpc.evaluation.sharding import DONE, merge, part_dir
+    from kazhpc.evaluation.sharding import merge
+    from kazhpc.partfiles import DONE, part_dir
 
     cfg = load_config(REPO / "configs/pipelines/smoke.yaml", ["jobs=[evaluate]", "evaluate.models=[{label: base}]", "evaluate.shards=3"])
     job_dir = tmp_path / "run" / "evaluate"
@@ -214,7 +215,7 @@ def test_the_unt_column_pools_its_subjects_documents() -> None:
     """kk_unified_national_testing_mc = accuracy over all subjects' documents (size-weighted mean)."""
     from lm_eval.api.metrics import mean_stderr
 
-    from kazhpc.evaluation.sharding import composite_entry
+    from kazhpc.evaluation.aggregation import composite_entry
 
     a = [{"filter": "none", "acc": v, "num_choices": 4} for v in (1.0, 0.0, 0.0, 1.0)]
     b = [{"filter": "none", "acc": v, "num_choices": 8} for v in (0.0, 0.0)]
@@ -244,7 +245,7 @@ PARALLEL = REPO / "tests" / "fixtures" / "parallel" / "kazakh_english.jsonl"
 
 def test_mc_item_reads_choices_from_a_list_or_from_columns_and_every_answer_format() -> None:
     from kazhpc.evaluation import prompts
-    from kazhpc.evaluation.suite import mc_item
+    from kazhpc.evaluation.builders import mc_item
 
     row = {"q": "Сұрақ?", "opts": ["бір", "екі", "үш"], "a": "1", "o1": "бір", "o2": "екі", "o3": "үш"}
 

@@ -72,7 +72,7 @@ def test_injected_turn_is_rejected_with_a_counted_reason(
 def test_injected_turns_are_kept_neutralised_when_configured(tmp_path: Path, model_cache: Path, gemma_tokenizer) -> None:
     import pyarrow.parquet as pq
 
-    from kazhpc.models import NEUTRALISER, special_texts, template_special_ids
+    from kazhpc.special_text import NEUTRALISER, special_texts, template_special_ids
 
     rows = [dict(r) for r in ROWS]
     for _, column, _, text, _ in INJECTIONS[:3]:

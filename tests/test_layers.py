@@ -14,18 +14,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kazhpc"
 
 #: Layer by module name (the longest matching prefix wins), lowest first.
 LAYERS: dict[str, int] = {
-    # core: errors, console, signals, file fingerprints
+    # core: errors, console, signals, file fingerprints, the part files of a job that splits
     "kazhpc": 0, "kazhpc.errors": 0, "kazhpc.console": 0, "kazhpc.signals": 0, "kazhpc.fingerprint": 0,
+    "kazhpc.partfiles": 0,
     # config schemas
     "kazhpc.config": 1,
     # libraries: the work, taking the config sections they use
-    "kazhpc.models": 2, "kazhpc.tracking": 2, "kazhpc.data": 2, "kazhpc.tokenization": 2, "kazhpc.train": 2,
+    "kazhpc.models": 2, "kazhpc.special_text": 2, "kazhpc.tracking": 2, "kazhpc.data": 2, "kazhpc.tokenization": 2, "kazhpc.train": 2,
     "kazhpc.evaluation": 2,
     # job adapters: a job type's spec and its glue from a run directory to a library
     "kazhpc.jobspec": 3, "kazhpc.parts": 3, "kazhpc.prepare_model": 3, "kazhpc.preprocess": 3,
     "kazhpc.tokenization.job": 3, "kazhpc.tokenization.extend_job": 3, "kazhpc.evaluation.job": 3,
     "kazhpc.train.qlora": 3,
-    # pipeline: the registry, run directories, the runner
+    # pipeline: run directories, the runner
     "kazhpc.runner": 4,
     # launch: cluster profiles, the SLURM step plan, submit / render / status
     "kazhpc.launch": 5,

@@ -191,7 +191,8 @@ def tiny_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from kazhpc.models import NEUTRALISER, builtin_chat_template
+    from kazhpc.models import builtin_chat_template
+    from kazhpc.special_text import NEUTRALISER
 
     chars = sorted(set(" \n!?.,:;-_<>/()[]0123456789abcdefghijklmnopqrstuvwxyz" "абвгдежзийклмнопрстуфхцчшыіэюяәғқңөұүһ") | {NEUTRALISER})
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(chars)}}
@@ -206,14 +207,14 @@ def tiny_tokenizer():
 
 
 def special_ids_in(tokenizer, text: str) -> list[str]:
-    from kazhpc.models import special_texts
+    from kazhpc.special_text import special_texts
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return [tokenizer.convert_ids_to_tokens(i) for i in ids if i in special_texts(tokenizer).ids]
 
 
 def test_special_texts_are_the_control_tokens_not_the_plain_added_ones() -> None:
-    from kazhpc.models import special_texts
+    from kazhpc.special_text import special_texts
 
     tok = tiny_tokenizer()
     special = special_texts(tok)
@@ -228,7 +229,7 @@ def test_special_texts_are_the_control_tokens_not_the_plain_added_ones() -> None
 
 
 def test_neutralised_text_reads_the_same_and_has_no_control_token() -> None:
-    from kazhpc.models import NEUTRALISER, special_texts
+    from kazhpc.special_text import NEUTRALISER, special_texts
 
     tok = tiny_tokenizer()
     special = special_texts(tok)
@@ -243,7 +244,7 @@ def test_neutralised_text_reads_the_same_and_has_no_control_token() -> None:
 
 
 def test_control_ids_other_than_the_templates_are_caught() -> None:
-    from kazhpc.models import special_texts, template_special_ids
+    from kazhpc.special_text import special_texts, template_special_ids
 
     tok = tiny_tokenizer()
     special = special_texts(tok)
@@ -267,7 +268,7 @@ def test_control_ids_other_than_the_templates_are_caught() -> None:
 def test_every_gemma_special_token_as_text_is_found_and_neutralised(gemma_tokenizer) -> None:
     import time
 
-    from kazhpc.models import NEUTRALISER, special_texts, template_special_ids
+    from kazhpc.special_text import NEUTRALISER, special_texts, template_special_ids
 
     special = special_texts(gemma_tokenizer)
     named = {"<bos>", "<eos>", "<pad>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"}

@@ -198,7 +198,7 @@ def test_caps_weights_split_and_system_prompt(tmp_path: Path, model_cache: Path)
     assert "Сен көмекшісің." in custom_systems and len(set(custom_systems)) > 1  # a row's own system message wins
     # The split is a hash of the id: the same rows land in validation on every run.
     a = preprocess(config(tmp_path, model_cache, "preprocess.validation_fraction=0.3"), tmp_path / "s1")
-    b = preprocess(config(tmp_path, model_cache, "preprocess.validation_fraction=0.3"), tmp_path / "s2")
+    preprocess(config(tmp_path, model_cache, "preprocess.validation_fraction=0.3"), tmp_path / "s2")
     assert a["counts"]["validation_rows"] > 0
     assert [r["id"] for r in rows(tmp_path / "s1", "validation")] == [r["id"] for r in rows(tmp_path / "s2", "validation")]
 
@@ -247,7 +247,8 @@ def test_a_source_that_yields_nothing_is_a_manifest_warning(tmp_path: Path, mode
 def test_merge_reports_missing_parts(tmp_path: Path, model_cache: Path) -> None:
     cfg = config(tmp_path, model_cache, "preprocess.shards=3")
     run_part(cfg, tmp_path / "o", 1, 3)
-    with pytest.raises(KazhpcError, match=r"part\(s\) 0/3, 2/3 missing or unfinished; rerun them with --shard i/3"):
+    with pytest.raises(KazhpcError, match=r"preprocess: 2 of 3 shards missing or failed: 0, 2; rerun one alone with "
+                                          r"`kazhpc preprocess --run-dir .* --shard 0/3`"):
         merge_parts(cfg, tmp_path / "o", 3)
 
 
@@ -368,7 +369,7 @@ INJECTED = [
 
 
 def test_special_token_text_is_rejected_or_neutralised(tmp_path: Path, model_cache: Path, gemma_tokenizer) -> None:
-    from kazhpc.models import NEUTRALISER, special_texts, template_special_ids
+    from kazhpc.special_text import NEUTRALISER, special_texts, template_special_ids
 
     path = tmp_path / "injected.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in INJECTED), encoding="utf-8")

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 
 from conftest import CONFIGS, REPO, kazhpc_ui
 from kazhpc.config import load_config
-from kazhpc.runner import read_state, registry
+from kazhpc.registry import job_type
+from kazhpc.runner import read_state
 
 KAZHPC = str(Path(sys.executable).parent / "kazhpc")
 SMOKE = "configs/pipelines/smoke.yaml"
@@ -31,7 +32,7 @@ def kazhpc(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def sharded_overrides() -> list[str]:
     """Two parts for every smoke job that splits (preprocess; evaluate once it exists)."""
     jobs = load_config(CONFIGS / "pipelines" / "smoke.yaml").jobs
-    return [f"{job.replace('-', '_')}.shards=2" for job in jobs if registry()[job].part is not None]
+    return [f"{job.replace('-', '_')}.shards=2" for job in jobs if job_type(job).splits]
 
 
 def the_run_dir(runs_root: Path) -> Path:

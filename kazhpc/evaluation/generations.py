@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.batches import padded_batch
-from kazhpc.models import check_single_bos, special_texts, template_special_ids
+from kazhpc.models import check_single_bos
+from kazhpc.special_text import special_texts, template_special_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

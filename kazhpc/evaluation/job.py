@@ -1,7 +1,7 @@
 """The evaluate job: the Kazakh suite on every model under test, in shards, merged exactly.
 
-``run`` evaluates the shards that have no finished output yet (on a cluster they are SLURM array
-tasks that ran ``kazhpc evaluate --run-dir R --shard i/n`` before), merges them into
+``run`` evaluates the shards that are not done with the current inputs (on a cluster they are SLURM
+array tasks that ran ``kazhpc evaluate --run-dir R --shard i/n`` before; kazhpc.parts), merges them into
 ``results.json`` and ``samples/<label>/<task>.jsonl``, writes the report (chance baselines,
 differences to the baseline model) and logs everything to the job's MLflow run.
 """
@@ -55,15 +55,14 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
-    from kazhpc.evaluation.sharding import DONE, merge, part_dir, run_part as evaluate_part
-
-    from kazhpc.parts import run_missing_parts
+    from kazhpc.evaluation.sharding import merge, run_part as evaluate_part
+    from kazhpc.partfiles import done_records
+    from kazhpc.parts import run_parts_then_merge
 
     cfg = ctx.cfg
     count = cfg.evaluate.shards
-    run_missing_parts("evaluate", count, lambda i: part_dir(ctx.job_dir, i, count), DONE,
-                      lambda i: evaluate_part(cfg, ctx.job_dir, i, count), ctx.inputs)
-    results = merge(cfg, ctx.job_dir, count)
+    results = run_parts_then_merge("evaluate", ctx.job_dir, count, lambda i: evaluate_part(cfg, ctx.job_dir, i, count),
+                                   lambda: merge(cfg, ctx.job_dir, count), ctx.inputs)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     ctx.tracking.log_artifact(results_file)
@@ -71,7 +70,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         ctx.tracking.log_artifact(ctx.job_dir / "rejects.jsonl")
     report = _report(ctx, results)
     generations = _generations(ctx)
-    parts = [json.loads((part_dir(ctx.job_dir, i, count) / DONE).read_text()) for i in range(count)]
+    parts = done_records(ctx.job_dir, count)
     return {
         "results": str(results_file),
         "shards": count,

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
-from kazhpc.models import check_single_bos, load_model, load_tokenizer, special_texts
+from kazhpc.models import check_single_bos, load_model, load_tokenizer
+from kazhpc.special_text import special_texts
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalModelConfig, PipelineConfig

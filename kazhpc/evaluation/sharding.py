@@ -10,9 +10,12 @@
 * **Part**: lm-eval's own ``evaluate`` on the shard's documents (``samples=``), per model, with
   ``log_samples``; the per-document metric values, predictions and targets go to JSONL.
 * **Merge**: per model and task, the per-document values of all parts in document order go through
-  lm-eval's own aggregation and stderr code (``_compute_task_aggregations``, the function its
-  evaluator uses), so a merged score and stderr are those of an unsharded run, digit for digit.
-  A missing or failed part is named by index, with the command that reruns it alone.
+  lm-eval's own aggregation and stderr code (kazhpc.evaluation.aggregation), so a merged score and
+  stderr are those of an unsharded run, digit for digit.
+
+The part folders, their done markers and JSONL, and the merge's error naming a missing or failed
+part with the command that reruns it alone are the parts protocol of every job that splits
+(kazhpc.partfiles).
 """
 
 from __future__ import annotations
@@ -20,26 +23,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from kazhpc.errors import KazhpcError
-from kazhpc.evaluation.suite import Suite, TaskSpec, chance_of, check_documents, load_tasks, resolve
+from kazhpc.evaluation.aggregation import composite_entry, task_entry
+from kazhpc.evaluation.suite import Suite, check_documents, load_tasks, resolve
+from kazhpc.partfiles import (
+    check_part_count,
+    check_parts_done,
+    finish_part,
+    part_dir,
+    read_jsonl,
+    start_part,
+    write_jsonl,
+)
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
-    from kazhpc.models import SpecialTexts
+    from kazhpc.special_text import SpecialTexts
 
 log = logging.getLogger(__name__)
 
-PARTS = "parts"
-DONE = "done.json"
-#: Per-document fields that are not metric values.
-RESERVED = ("doc_id", "filter", "prediction", "target", "num_choices", "scores", "hypothesis", "reference")
 #: The reason a document is left out of scoring or neutralised: its text spells a special token.
 SPECIAL_TEXT = "special_token_text"
 
@@ -52,10 +59,6 @@ class Unit:
     start: int
     end: int
     requests: int
-
-
-def part_dir(job_dir: Path, index: int, count: int) -> Path:
-    return job_dir / PARTS / f"{index:05d}-of-{count:05d}"
 
 
 def doc_requests(task: Any, limit: int | None) -> list[int]:
@@ -138,7 +141,7 @@ def prepare(
     """The suite, its lm-eval tasks (documents checked), the plan for ``evaluate.shards``, and by
     task the documents that spell a special token (with ``special_tokens: reject`` they weigh 0)."""
     from kazhpc.evaluation.models import eval_tokenizer, model_sources_under_test
-    from kazhpc.models import special_texts
+    from kazhpc.special_text import special_texts
 
     suite = resolve(cfg.evaluate)
     tasks = load_tasks(suite.tasks)
@@ -168,19 +171,6 @@ def prepare(
 
 # --------------------------------------------------------------------------------------------
 # One part.
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def per_document(task: Any, example: dict[str, Any]) -> dict[str, Any]:
@@ -238,15 +228,9 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
     """Evaluate shard ``index`` of ``count`` for every model; part 0 also scores perplexity."""
     from kazhpc.evaluation.models import checked_lm, load_for_eval
 
-    if count != cfg.evaluate.shards:
-        raise KazhpcError(
-            f"part {index}/{count}: the run's config says evaluate.shards={cfg.evaluate.shards}; "
-            f"the merge would ignore these parts (create the run with evaluate.shards={count})"
-        )
+    check_part_count("evaluate", index, count, cfg.evaluate.shards)
     started = time.time()
-    folder = part_dir(job_dir, index, count)
-    (folder / DONE).unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = start_part(job_dir, index, count)
     run_dir = job_dir.parent
     suite, tasks, plan, flagged = prepare(cfg, run_dir)
     info = plan_dict(plan, flagged, cfg.evaluate.special_tokens)
@@ -258,7 +242,7 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
         model, tokenizer = load_for_eval(cfg, model_cfg, run_dir)
         lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size, cfg.evaluate.special_tokens)
         for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
-            _write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
+            write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
         checked[model_cfg.label] = lm.bos_checked
         if index == 0 and cfg.evaluate.perplexity_texts is not None:
             from kazhpc.evaluation.perplexity import score_texts
@@ -270,7 +254,7 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path
         del lm, model
     done = {"index": index, "count": count, "plan_sha256": info["sha256"], "units": [asdict(u) for u in units],
             "requests": info["requests"][index], "bos_checked": checked, "seconds": round(time.time() - started, 2)}
-    (folder / DONE).write_text(json.dumps(done, indent=1))
+    finish_part(folder, done)  # last: the part is done
     log.info("evaluate part %d/%d: %d requests per model in %.1f s", index, count, done["requests"], done["seconds"])
     return folder
 
@@ -285,39 +269,9 @@ def perplexity_texts(spec: str) -> list[str]:
 # Merge.
 
 
-def missing_parts(job_dir: Path, count: int) -> list[int]:
-    return [i for i in range(count) if not (part_dir(job_dir, i, count) / DONE).is_file()]
-
-
-def _stderr(value: Any) -> float | None:
-    return None if value in (None, "N/A") or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def aggregate(task: Any, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:
-    """Scores and stderrs from per-document rows with lm-eval's own aggregation code."""
-    from lm_eval.evaluator_utils import _compute_task_aggregations
-
-    raw: dict[tuple[str, str], list[Any]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key not in RESERVED:
-                raw.setdefault((key, row["filter"]), []).append(value)
-    agg, n = _compute_task_aggregations(task, raw, bootstrap_iters)
-    found = {k for k, _ in raw}
-    ordered = [m for m in task.aggregation() if m in found] + sorted(found - set(task.aggregation()))
-    return {"values": agg, "n": n, "metrics": ordered, "filters": list(dict.fromkeys(f for _, f in raw))}
-
-
 def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
     """results.json content from the parts' per-document outputs; samples/<label>/<task>.jsonl written."""
-    missing = missing_parts(job_dir, count)
-    if missing:
-        shards = ", ".join(str(i) for i in missing)
-        raise KazhpcError(
-            f"evaluate: {len(missing)} of {count} shards missing or failed: {shards}; rerun one alone with "
-            f"`kazhpc evaluate --run-dir {job_dir.parent} --shard {missing[0]}/{count}`, then merge with "
-            f"`kazhpc evaluate --run-dir {job_dir.parent}`"
-        )
+    check_parts_done("evaluate", job_dir, count)
     plans = {json.loads((part_dir(job_dir, i, count) / "plan.json").read_text())["sha256"] for i in range(count)}
     if len(plans) != 1:
         raise KazhpcError(f"evaluate: the {count} parts planned different shards (data changed between them?); rerun them")
@@ -337,7 +291,7 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
     # In each entry's extra (the report's schema is strict): how many documents were left out of n
     # ("excluded") or scored neutralised, and why.
     count_key = "excluded" if special["handling"] == "reject" else "neutralised"
-    _write_jsonl(job_dir / "rejects.jsonl", special_text_rejects(suite, tasks, special))
+    write_jsonl(job_dir / "rejects.jsonl", special_text_rejects(suite, tasks, special))
     models: dict[str, Any] = {}
     for model_cfg in cfg.evaluate.models:
         label = model_cfg.label
@@ -347,14 +301,14 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
             for i in range(count):
                 path = part_dir(job_dir, i, count) / "samples" / label / f"{spec.name}.jsonl"
                 if path.is_file():
-                    rows += _read_jsonl(path)
+                    rows += read_jsonl(path)
             rows.sort(key=lambda r: (r["doc_id"], r["filter"]))
             got = sorted({r["doc_id"] for r in rows})
             if got != sorted(expected.get(spec.name, [])):
                 raise KazhpcError(f"evaluate: model {label}, task {spec.name}: the parts hold {len(got)} of "
                                   f"{len(expected.get(spec.name, []))} planned documents; rerun its shards")
             per_task[spec.name] = rows
-            _write_jsonl(job_dir / "samples" / label / f"{spec.name}.jsonl", rows)
+            write_jsonl(job_dir / "samples" / label / f"{spec.name}.jsonl", rows)
         entries = {spec.name: task_entry(tasks[spec.name], spec, per_task[spec.name], cfg.evaluate.bootstrap_iters)
                    for spec in suite.tasks}
         for name, members in suite.composites.items():
@@ -387,64 +341,3 @@ def special_text_rejects(suite: Suite, tasks: dict[str, Any], special: dict[str,
                 "doc": json.loads(json.dumps(dict(docs[hit["doc_id"]]), ensure_ascii=False, default=str)),
             })  # fmt: skip
     return lines
-
-
-def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:
-    if (spec.config.get("metadata") or {}).get("builder") == "translation":
-        return translation_entry(spec, rows)
-    agg = aggregate(task, rows, bootstrap_iters)
-    values, primary, filt = agg["values"], agg["metrics"][0], agg["filters"][0]
-    higher = task.higher_is_better()
-    first = [r for r in rows if r["filter"] == filt]
-    extra: dict[str, Any] = {
-        "origin": spec.origin,
-        "output_type": task.OUTPUT_TYPE,
-        "filter": filt,
-        "dataset": spec.data_file or spec.config.get("dataset_path"),
-    }
-    for key, value in values.items():
-        metric, _, f = key.partition(",")
-        if metric != primary or f != filt:
-            extra[key] = value if isinstance(value, (int, float, str)) else str(value)
-    published = (spec.config.get("metadata") or {}).get("random_baseline")
-    if published is not None:
-        extra["random_baseline_published"] = published
-    return {
-        "metric": primary,
-        "score": float(values[f"{primary},{filt}"]),
-        "stderr": _stderr(values.get(f"{primary}_stderr,{filt}")),
-        "n": agg["n"],
-        "chance": chance_of(task, [r["num_choices"] for r in first if "num_choices" in r]),
-        "higher_is_better": bool(higher.get(primary, True)),
-        "extra": extra,
-    }
-
-
-def translation_entry(spec: TaskSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """sacrebleu corpus BLEU and chrF++ with signatures (kazhpc.evaluation.translation), in document order."""
-    from kazhpc.evaluation.translation import score_translations, translation_task_entry
-
-    rows = [r for r in rows if r["filter"] == rows[0]["filter"]]
-    entry = translation_task_entry(score_translations([r["hypothesis"] for r in rows], [r["reference"] for r in rows]))
-    entry["extra"].update(origin=spec.origin, output_type="generate_until", dataset=spec.data_file)
-    return entry
-
-
-def composite_entry(member_rows: list[list[dict[str, Any]]], members: tuple[str, ...]) -> dict[str, Any]:
-    """Accuracy pooled over the members' documents (the size-weighted mean), with lm-eval's mean stderr."""
-    from lm_eval.api.metrics import mean, mean_stderr
-
-    rows = [r for member in member_rows for r in member if r["filter"] == "none"]
-    if not rows or any("acc" not in r or "num_choices" not in r for r in rows):
-        raise KazhpcError(f"evaluate: a pooled score needs multiple-choice members with acc: {', '.join(members)}")
-    values = [r["acc"] for r in rows]
-    choices = [r["num_choices"] for r in rows]
-    return {
-        "metric": "acc",
-        "score": float(mean(values)),
-        "stderr": float(mean_stderr(values)) if len(values) > 1 else None,
-        "n": len(values),
-        "chance": sum(1.0 / c for c in choices) / len(choices),
-        "higher_is_better": True,
-        "extra": {"origin": "composite", "members": list(members)},
-    }

@@ -18,6 +18,7 @@ from typing import Any
 from kazhpc.config import PipelineConfig
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import ClusterConfig, JobResources
+from kazhpc.registry import job_type
 
 REPO = Path(__file__).resolve().parents[2]
 #: The shell variable every step's command reads its run directory from (set by submit or submit.sh).
@@ -58,16 +59,6 @@ def shards_of(cfg: PipelineConfig, job: str) -> int:
     """How many parts the config asks ``job`` to split into (``<section>.shards``; 1 if none)."""
     section = getattr(cfg, job.replace("-", "_"), None)
     return int(getattr(section, "shards", 1) or 1)
-
-
-def job_scripts(jobs_dir: Path = REPO / "jobs") -> dict[str, str]:
-    """Job name → its thin entry point under jobs/ (found by the job_entry("...") call it makes)."""
-    scripts: dict[str, str] = {}
-    for script in sorted(jobs_dir.glob("*.py")):
-        match = re.search(r"""job_entry\(\s*["']([^"']+)["']""", script.read_text(encoding="utf-8"))
-        if match:
-            scripts[match.group(1)] = script.name
-    return scripts
 
 
 def binds_for(cfg: PipelineConfig, cluster: ClusterConfig) -> list[str]:
@@ -148,7 +139,7 @@ def gpus_used(cfg: PipelineConfig, cluster: ClusterConfig, job: str) -> tuple[in
     """
     asked = cluster.resources(job).gpus
     dist = cfg.train.distributed
-    if job == "train" and (dist.world_size > 1 or asked):
+    if job_type(job).distributed and (dist.world_size > 1 or asked):
         used = dist.gpus_per_node
         why = f"train.distributed.gpus_per_node is {used}"
         hint = f" (to train on {asked}, set train.distributed.gpus_per_node={asked})" if asked > used else ""
@@ -200,11 +191,7 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
 
     Raises ConfigError for anything the cluster cannot do, before anything is submitted.
     """
-    from kazhpc.runner import registry
-
     selected = jobs if jobs is not None else list(cfg.jobs)
-    specs = registry()
-    scripts = job_scripts()
     image_dir = cluster.container.workdir
     if cluster.container.runtime != "none":
         missing = unbound_paths(cfg, binds_for(cfg, cluster), image_dir)
@@ -222,15 +209,13 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
     steps: list[Step] = []
     previous: tuple[str, ...] = ()
     for job in selected:
-        if job not in scripts:
-            raise KazhpcError(f"job '{job}' has no entry point under {REPO / 'jobs'} (jobs/*.py calling job_entry)")
+        spec = job_type(job)
         res = cluster.resources(job)
         gpus, warning = gpus_used(cfg, cluster, job)
         warnings = [warning] if warning else []
-        script = f"jobs/{scripts[job]}"
-        run = [python, script, "--run-dir", f'"${RUN_DIR_VAR}"']
+        run = [python, spec.script, "--run-dir", f'"${RUN_DIR_VAR}"']
         n = shards_of(cfg, job)
-        if n > 1 and specs[job].part is not None:
+        if n > 1 and spec.splits:
             prefix = container_prefix(cfg, cluster, gpus)
             part = Step(
                 name=f"{job}-parts", job=job, params=_sbatch_params(cluster, f"{job}-parts", res, gpus=gpus),
@@ -244,13 +229,13 @@ def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = N
                 command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
             )
             steps += [part, merge]
-        elif job == "train" and cfg.train.distributed.world_size > 1:
+        elif spec.distributed and cfg.train.distributed.world_size > 1:
             steps.append(_distributed_train(cfg, cluster, res, python, host_dir, previous, warnings))
         else:
             steps.append(Step(
                 name=job, job=job, params=_sbatch_params(cluster, job, res, gpus=gpus), setup=setup_lines(cluster),
                 after=previous, warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
-                **(_preemption(cfg) if job == "train" else {}),
+                **(_preemption(cfg) if spec.preemptible else {}),
             ))
         previous = (steps[-1].name,)
     return steps

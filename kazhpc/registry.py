@@ -1,0 +1,91 @@
+"""The one list of job types. Everything else derives from it: the `kazhpc <job>` commands, the
+``jobs/`` entry points a SLURM step runs, the step plan (arrays, multi-node launch, preemption),
+and the checks that the config schema's job names and sections agree (tests/test_registry.py).
+
+An entry is plain data (like torchtune's recipe registry): the job adapter's module is imported
+only when the job runs or is checked, so ``kazhpc --help`` needs no torch. An adapter module
+defines ``preflight(cfg) -> warnings`` (checks that need no GPU), ``run(ctx) -> manifest``, and,
+when the job splits into parts, ``run_part(cfg, job_dir, index, count) -> part folder``; it may
+define ``extra_inputs(cfg) -> files`` (inputs its config section does not name). The entry says
+what the job's command prints when it ends (``table``, ``result``).
+
+Adding a job type: a library module (the work), an adapter module (the glue above), a config
+section in kazhpc.config (its schema module and its field on PipelineConfig, named as the job with
+'_' for '-'), a ``jobs/<name>.py`` entry point, and one line below. The config's job names come
+from here (this module sits at the bottom, with the core: it is data, and imports adapters only
+by name, when a job runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from kazhpc.errors import KazhpcError, suggest
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A job type and how to launch it."""
+
+    name: str
+    module: str  # the job adapter
+    summary: str  # one line: the command's help
+    #: Earlier jobs whose outputs this one reads (when they are in the pipeline): their
+    #: fingerprints are part of this job's inputs, so redoing one of them redoes this one.
+    needs: tuple[str, ...] = ()
+    splits: bool = False  # into parts (SLURM array tasks) and a merge: the adapter's run_part
+    #: Runs as several processes per node and across nodes when train.distributed asks for it.
+    distributed: bool = False
+    #: Saves a checkpoint on SLURM's warning signal and asks to be requeued (exit 75).
+    preemptible: bool = False
+    #: The jobs/ entry point's file stem, where the job's name would shadow an installed module
+    #: (jobs/tokenizers.py would hide the tokenizers library from every job script, and
+    #: jobs/evaluate.py Hugging Face's evaluate).
+    script_stem: str | None = None
+    #: A Markdown file in its folder that `kazhpc <job>` prints when the job ends.
+    table: str | None = None
+    #: A file in its folder whose path `kazhpc <job>` prints when the job ends.
+    result: str | None = None
+
+    @property
+    def section(self) -> str:
+        """Its section of the pipeline config (kazhpc.config.PipelineConfig)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def script(self) -> str:
+        """Its entry point, relative to the repository (what a SLURM step runs)."""
+        return f"jobs/{self.script_stem or self.section}.py"
+
+    def adapter(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+JOB_TYPES: tuple[JobType, ...] = (
+    JobType("prepare-model", "kazhpc.prepare_model",
+            "Materialise the model, check its chat template (one <bos>, the answer mask), score Kazakh perplexity."),
+    JobType("tokenizers", "kazhpc.tokenization.job",
+            "Measure the Kazakh tokenizer tax of the configured tokenizers; print the table.",
+            script_stem="tokenizer_report", table="tokenizers.md"),
+    JobType("extend-vocab", "kazhpc.tokenization.extend_job",
+            "Add Kazakh tokens to the model's BPE, grow its embeddings, measure the effect; print the table.",
+            table="extension.md"),
+    JobType("preprocess", "kazhpc.preprocess",
+            "Clean, deduplicate and format the configured Kazakh sources into Parquet shards.", splits=True),
+    JobType("train", "kazhpc.train.qlora",
+            "QLoRA-train an adapter on the preprocess job's output (resumes after preemption).",
+            needs=("extend-vocab", "preprocess"), distributed=True, preemptible=True),
+    JobType("evaluate", "kazhpc.evaluation.job",
+            "Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly.",
+            needs=("extend-vocab", "train"), splits=True, result="results.json", script_stem="evaluate_models"),
+)
+
+
+def job_type(name: str) -> JobType:
+    for job in JOB_TYPES:
+        if job.name == name:
+            return job
+    names = [j.name for j in JOB_TYPES]
+    raise KazhpcError(f"unknown job '{name}'{suggest(name, names)}; known: {', '.join(names)}")
