@@ -166,12 +166,15 @@ def test_check_adapter_reads_the_tensors(tmp_path: Path) -> None:
 
 def test_runner_lets_only_rank_0_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every rank runs the job; only rank 0 writes run.json, the manifest, job.log and MLflow."""
+    from types import SimpleNamespace
+
     from kazhpc import runner
 
     ran = []
-    fake = runner.Job("train", lambda ctx: ran.append(ctx.tracking.active) or {"rows": 3}, lambda cfg: [])
+    adapter = SimpleNamespace(run=lambda ctx: ran.append(ctx.tracking.active) or {"rows": 3}, preflight=lambda cfg: [])
+    fake = SimpleNamespace(name="train", needs=(), splits=False, adapter=lambda: adapter)
     cfg = smoke(f"runs_root={tmp_path}")
-    monkeypatch.setattr(runner, "registry", lambda: {job: fake for job in cfg.jobs})
+    monkeypatch.setattr(runner, "job_type", lambda name: fake)
     run_dir = runner.new_run_dir(cfg)
     tracker_cfg = cfg.tracking.model_copy(update={"enabled": False})
 

@@ -136,7 +136,7 @@ def test_round_trip_is_exact_for_kazakh_russian_english(extended) -> None:
 
 @pytest.mark.slow
 def test_every_new_token_is_reachable_and_fertility_drops(gemma_tokenizer, extended) -> None:
-    from kazhpc.tokenization.offline import _hf_adapter
+    from kazhpc.tokenization.offline import hf_adapter
 
     ext, tokenizer, _ = extended
     train, heldout = kk_split()
@@ -150,11 +150,11 @@ def test_every_new_token_is_reachable_and_fertility_drops(gemma_tokenizer, exten
             reachable |= {left, right}
     assert reachable >= set(ext.tokens), set(ext.tokens) - reachable
     assert all(vocab[t] >= ext.base_size for t in ext.tokens)
-    base = measure(_hf_adapter("base", gemma_tokenizer, "base"), heldout).fertility
-    after = measure(_hf_adapter("extended", tokenizer, "extended"), heldout).fertility
+    base = measure(hf_adapter("base", gemma_tokenizer, "base"), heldout).fertility
+    after = measure(hf_adapter("extended", tokenizer, "extended"), heldout).fertility
     assert after < base * 0.95, (base, after)
     english = read_corpus(CorpusSpec(EN, language="en")).texts("en")
-    assert measure(_hf_adapter("e", tokenizer, "e"), english).tokens == measure(_hf_adapter("b", gemma_tokenizer, "b"), english).tokens
+    assert measure(hf_adapter("e", tokenizer, "e"), english).tokens == measure(hf_adapter("b", gemma_tokenizer, "b"), english).tokens
     # An extended count is never above the base count (merges only join base tokens).
     for text in heldout:
         assert len(tokenizer(text)["input_ids"]) <= len(gemma_tokenizer(text)["input_ids"])
@@ -287,15 +287,15 @@ def test_the_train_job_fine_tunes_the_extended_model(pipeline: Path) -> None:
 def test_kaznerd_heldout_fertility(gemma_tokenizer) -> None:
     """4,000 tokens learnt on KazNERD validation; measured on test sentences never trained on."""
     from kazhpc.tokenization.extend import backend_from_spec, base_tokenizer_spec, extend_spec, learn_extension
-    from kazhpc.tokenization.extend_job import _backend_adapter
-    from kazhpc.tokenization.offline import _hf_adapter
+    from kazhpc.tokenization.extend_job import backend_adapter
+    from kazhpc.tokenization.offline import hf_adapter
 
     train = read_corpus(CorpusSpec(KAZNERD / "IOB2_valid.txt")).texts("kk")
     heldout = read_corpus(CorpusSpec(KAZNERD / "IOB2_test.txt", max_texts=1000)).texts("kk")
     ext = learn_extension(gemma_tokenizer, train, 4000)
     backend = backend_from_spec(extend_spec(base_tokenizer_spec(gemma_tokenizer), ext))
-    after = measure(_backend_adapter("k4000", backend, 2, 3), heldout).fertility
-    base = measure(_hf_adapter("base", gemma_tokenizer, "base"), heldout).fertility
+    after = measure(backend_adapter("k4000", backend, 2, 3), heldout).fertility
+    base = measure(hf_adapter("base", gemma_tokenizer, "base"), heldout).fertility
     assert base > 3.0 and after < 0.7 * base, (base, after)
     for text in heldout[:200]:
         assert backend.decode(backend.encode(text, add_special_tokens=False).ids) == text

@@ -106,12 +106,12 @@ def preflight(cfg: PipelineConfig) -> list[str]:
 
 
 def _adapter(name: str, tokenizer: Any) -> TokenizerAdapter:
-    from kazhpc.tokenization.offline import _hf_adapter
+    from kazhpc.tokenization.offline import hf_adapter
 
-    return _hf_adapter(name, tokenizer, name)
+    return hf_adapter(name, tokenizer, name)
 
 
-def _backend_adapter(name: str, backend: Any, bos_id: int | None, unk_id: int | None) -> TokenizerAdapter:
+def backend_adapter(name: str, backend: Any, bos_id: int | None, unk_id: int | None) -> TokenizerAdapter:
     from kazhpc.tokenization.offline import TokenizerAdapter
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
@@ -204,7 +204,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         point: dict[str, Any] = {"k": k, "supported": k <= full.supported}
         if point["supported"]:
             backend = backend_from_spec(extend_spec(spec, full.prefix(k)))
-            adapter = _backend_adapter(f"k={k}", backend, base_tok.bos_token_id, base_tok.unk_token_id)
+            adapter = backend_adapter(f"k={k}", backend, base_tok.bos_token_id, base_tok.unk_token_id)
             point["kk_heldout"] = _fertility(adapter, heldout)["fertility"]
             point["en"] = _fertility(adapter, english)["fertility"] if english else None
         curve.append(point)

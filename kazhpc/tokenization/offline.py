@@ -181,10 +181,10 @@ def _load_gemma3(cache_root: Path) -> TokenizerAdapter:
 
     source = "bundled:gemma3-270m"
     tokenizer = load_tokenizer(ModelConfig(name="gemma3-270m", source=source), cache_root)
-    return _hf_adapter("gemma3", tokenizer, source)
+    return hf_adapter("gemma3", tokenizer, source)
 
 
-def _hf_adapter(name: str, tok: PreTrainedTokenizerBase, source: str) -> TokenizerAdapter:
+def hf_adapter(name: str, tok: PreTrainedTokenizerBase, source: str) -> TokenizerAdapter:
     """A transformers tokenizer: batch encoding, its own special-token rule, split_special_tokens."""
     probe = tok("", add_special_tokens=True)["input_ids"]
     byte_level = False
@@ -305,4 +305,4 @@ def _load_cached(spec: str, cache_root: str) -> TokenizerAdapter:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
             reason += " (HF_HUB_OFFLINE is set: only the local hub cache is searched)"
         raise KazhpcError(f"tokenizer '{spec}': cannot load with transformers: {reason}") from None
-    return _hf_adapter(spec, tok, location)
+    return hf_adapter(spec, tok, location)
