@@ -1,4 +1,4 @@
-"""The pipeline runner: run directories, the job registry, and running jobs in order.
+"""The pipeline runner: run directories, running jobs in order, and reusing what is unchanged.
 
 A run directory (``<runs_root>/<name>-<time>-<hash>/``) holds ``config.yaml`` (the resolved config),
 ``run.json`` (each job's state) and one folder per job with its outputs and ``manifest.json``.
@@ -42,7 +42,7 @@ def inputs_of(cfg: PipelineConfig, run_dir: Path, name: str) -> dict[str, Any]:
             upstream[needed] = read_json_file(manifest, f"the {needed} job's manifest").get("fingerprint", "?") if manifest.is_file() else "not run"
     extra_inputs = getattr(job.adapter(), "extra_inputs", None)
     extra = extra_inputs(cfg) if extra_inputs else []
-    return job_inputs(cfg.resolved_dict(), name.replace("-", "_"), extra, upstream)
+    return job_inputs(cfg.resolved_dict(), job.section, extra, upstream)
 
 
 def up_to_date(cfg: PipelineConfig, run_dir: Path, name: str) -> tuple[bool, list[str]]:
