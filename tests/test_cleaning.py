@@ -400,6 +400,27 @@ def test_decontamination_plain_text_file(tmp_path):
     assert decontam.match(text) == f"{path}:3"
 
 
+def test_decontamination_reads_csv_and_parquet_evaluation_files(tmp_path):
+    """An evaluate task may read CSV or Parquet: its items are matched cell by cell, not as bytes."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": r["question"], "A": r["choices"][0], "B": r["choices"][1], "answer": r["answer"]} for r in EVAL_ROWS]
+    with (tmp_path / "items.csv").open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "items.parquet")
+    text = "Сабақта мұғалім Қазақ хандығының негізін қалаған Керей мен Жәнібек хандар жайлы әңгімеледі."
+    for name in ("items.csv", "items.parquet"):
+        decontam = Decontaminator(DecontaminationConfig(files=[str(tmp_path / name)], ngram=8))
+        assert decontam.items == 2, name
+        where = decontam.match(text)
+        assert where is not None and where.startswith(str(tmp_path / name)), (name, where)
+
+
 def test_decontamination_missing_and_malformed_files(tmp_path):
     missing = tmp_path / "no_such_eval.jsonl"
     with pytest.raises(KazhpcError, match=r"no_such_eval\.jsonl: decontamination file not found"):

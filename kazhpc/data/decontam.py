@@ -5,6 +5,8 @@ Evaluation files (``cleaning.decontamination.files``):
 * ``.jsonl`` / ``.json`` — one JSON value per line (a ``.json`` file holding one JSON array is read
   as that array). Every string in a row is an item: string values, strings inside lists (choices),
   and inside nested objects. Keys are not items.
+* ``.csv`` / ``.parquet`` — one row per record, read as the preprocess and evaluate jobs read them;
+  every string cell is an item.
 * anything else — UTF-8 text, one item per line.
 
 Items and training texts are compared after ``fix_lookalikes`` and ``normalize_for_hash``
@@ -81,8 +83,16 @@ class Decontaminator:
 
     def _rows(self, name: str, path: Path) -> Iterator[tuple[str, list[str]]]:
         """(location, item strings) for every row of an evaluation file."""
-        text = read_user_text(path, "decontamination file")
         suffix = path.suffix.lower()
+        if suffix in (".csv", ".parquet"):  # the formats the evaluate job's builders read too
+            from kazhpc.data.readers import BadRow, iter_file
+
+            for row in iter_file(name, owner="decontamination file"):
+                if isinstance(row, BadRow):
+                    raise KazhpcError(f"{row.origin}: {row.detail}")
+                yield row.origin, list(_strings(row.data))
+            return
+        text = read_user_text(path, "decontamination file")
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
