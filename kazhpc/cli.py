@@ -282,15 +282,15 @@ def render(
     """Write the sbatch scripts `kazhpc submit` would submit, plus submit.sh that chains them."""
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan, plan_warnings, render as render_steps
+    from kazhpc.launch.steps import render as render_steps, slurm_steps, step_warnings
     from kazhpc.runner import preflight
 
     with report_errors():
         cfg = load_config(config, overrides or [])
         warnings = preflight(cfg)
-        steps = plan(cfg, load_cluster(cluster))
+        steps = slurm_steps(cfg, load_cluster(cluster))
         written = render_steps(steps, output, config, overrides or [])
-    for warning in [*warnings, *plan_warnings(steps)]:
+    for warning in [*warnings, *step_warnings(steps)]:
         err.print(labelled("warning:", "yellow", warning), highlight=False)
     for path in written:
         out.print(str(path), highlight=False)

@@ -18,7 +18,7 @@ from conftest import CONFIGS, REPO, write_yaml
 from kazhpc.config import load_config
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import format_time, load_cluster, parse_time
-from kazhpc.launch.plan import plan, sbatch_flag
+from kazhpc.launch.steps import sbatch_flag, slurm_steps
 
 SMOKE = CONFIGS / "pipelines" / "smoke.yaml"
 A100 = CONFIGS / "clusters" / "a100-example.yaml"
@@ -47,7 +47,7 @@ BASE = """
 @pytest.mark.parametrize("path", sorted((CONFIGS / "clusters").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_profiles_load_and_cover_the_smoke_pipeline(path: Path) -> None:
     cluster = load_cluster(path)
-    steps = plan(load_config(SMOKE, ["preprocess.shards=2"]), cluster)
+    steps = slurm_steps(load_config(SMOKE, ["preprocess.shards=2"]), cluster)
     names = [s.name for s in steps]
     assert names[names.index("preprocess-parts") + 1] == "preprocess"
     assert set(load_config(SMOKE).jobs) <= set(names)
@@ -99,14 +99,14 @@ def test_job_without_resources_is_refused_before_submission(tmp_path: Path) -> N
     cluster = load_cluster(profile(tmp_path, text))
     with pytest.raises(ConfigError, match=r"cluster.yaml:5: jobs.tokenizers: the pipeline runs 'tokenizers' but this "
                                           r"profile gives it no resources"):
-        plan(load_config(SMOKE), cluster)
+        slurm_steps(load_config(SMOKE), cluster)
 
 
 def test_distributed_training_beyond_a_node_is_refused(tmp_path: Path) -> None:
     cluster = load_cluster(profile(tmp_path, BASE))
     cfg = load_config(SMOKE, ["train.distributed.gpus_per_node=8", "train.distributed.nodes=2"])
     with pytest.raises(KazhpcError, match=r"train.distributed.gpus_per_node=8 but a node of 'test' has 2 GPUs"):
-        plan(cfg, cluster)
+        slurm_steps(cfg, cluster)
 
 
 def test_container_must_see_every_path_the_config_names(tmp_path: Path) -> None:
@@ -114,22 +114,22 @@ def test_container_must_see_every_path_the_config_names(tmp_path: Path) -> None:
     cfg = load_config(SMOKE, ["prepare_model.perplexity_texts=/data/elsewhere/kk.txt"])
     with pytest.raises(ConfigError, match=r"a100-example.yaml:\d+: container.binds: prepare_model.perplexity_texts="
                                           r"/data/elsewhere/kk.txt is not visible inside the container"):
-        plan(cfg, cluster)
+        slurm_steps(cfg, cluster)
 
 
 def test_preprocess_shards_become_an_array_then_a_merge() -> None:
-    steps = {s.name: s for s in plan(load_config(SMOKE, ["preprocess.shards=3"]), load_cluster(LOCAL))}
+    steps = {s.name: s for s in slurm_steps(load_config(SMOKE, ["preprocess.shards=3"]), load_cluster(LOCAL))}
     parts, merge = steps["preprocess-parts"], steps["preprocess"]
     assert parts.array == 3 and merge.array is None
     assert merge.after == ("preprocess-parts",) and parts.after == ("tokenizers",)
     assert '--shard "$SLURM_ARRAY_TASK_ID/3"' in parts.command[-1]
     assert "--shard" not in merge.command[-1]
-    unsharded = {s.name for s in plan(load_config(SMOKE), load_cluster(LOCAL))}
+    unsharded = {s.name for s in slurm_steps(load_config(SMOKE), load_cluster(LOCAL))}
     assert "preprocess-parts" not in unsharded  # one shard: one plain job
 
 
 def test_local_profile_runs_this_checkout_without_container() -> None:
-    steps = plan(load_config(SMOKE), load_cluster(LOCAL))
+    steps = slurm_steps(load_config(SMOKE), load_cluster(LOCAL))
     train = next(s for s in steps if s.name == "train")
     assert train.command[0] == f"cd {REPO}"
     assert train.command[1] == f'{sys.executable} jobs/train.py --run-dir "$RUN_DIR"'
@@ -141,7 +141,7 @@ def test_local_profile_runs_this_checkout_without_container() -> None:
 def test_docker_runtime_wraps_the_command(tmp_path: Path) -> None:
     text = textwrap.dedent(BASE).lstrip() + "container: {runtime: docker, image: 'kazhpc:0.1.0', binds: [/scratch]}\n"
     cfg = load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}"])
-    steps = {s.name: s for s in plan(cfg, load_cluster(profile(tmp_path, text)))}
+    steps = {s.name: s for s in slurm_steps(cfg, load_cluster(profile(tmp_path, text)))}
     command = steps["train"].command[-1]
     assert command.startswith("docker run --rm --gpus all -w /opt/kazhpc ")
     assert f"-v {tmp_path / 'runs'}:{tmp_path / 'runs'}" in command and "-e RUN_DIR" in command
@@ -194,10 +194,10 @@ def test_rendered_a100_scripts(tmp_path: Path) -> None:
 
 def test_rendered_lines_are_the_ones_submitit_writes(tmp_path: Path) -> None:
     """The #SBATCH lines of `kazhpc render` appear verbatim in the sbatch file submitit makes from the
-    same step parameters (the two paths share kazhpc.launch.plan)."""
+    same step parameters (the two paths share kazhpc.launch.steps)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    for step in plan(load_config(SMOKE, ["preprocess.shards=2"]), load_cluster(A100)):
+    for step in slurm_steps(load_config(SMOKE, ["preprocess.shards=2"]), load_cluster(A100)):
         theirs = _make_sbatch_string(command="true", folder=tmp_path, setup=step.setup,
                                      additional_parameters=step.extra, **step.params).splitlines()
         ours = [sbatch_flag(k, v) for k, v in step.sbatch_options().items()]
@@ -207,10 +207,10 @@ def test_rendered_lines_are_the_ones_submitit_writes(tmp_path: Path) -> None:
 
 
 def test_multi_gpu_training_uses_the_distributed_launch() -> None:
-    """train.distributed beyond one GPU: the step runs kazhpc.launch.distributed's srun + accelerate
+    """train.distributed beyond one GPU: the step runs kazhpc.launch.multinode's srun + accelerate
     launch inside the container, on the nodes it asks for, without submitit's own srun."""
     cfg = load_config(SMOKE, ["train.distributed.nodes=2", "train.distributed.gpus_per_node=4"])
-    (train,) = [s for s in plan(cfg, load_cluster(A100)) if s.name == "train"]
+    (train,) = [s for s in slurm_steps(cfg, load_cluster(A100)) if s.name == "train"]
     assert train.use_srun is False
     assert train.params["nodes"] == 2 and train.params["ntasks_per_node"] == 1
     assert train.params["gpus_per_node"] == "a100:4" and train.params["cpus_per_task"] == 16  # the profile's
@@ -231,7 +231,7 @@ def test_every_job_that_splits_becomes_an_array_and_a_merge() -> None:
     assert "preprocess" in split
     jobs = "[" + ",".join(JOB_NAMES) + "]"
     cfg = load_config(SMOKE, [f"jobs={jobs}", *[f"{job.replace('-', '_')}.shards=2" for job in split]])
-    steps = plan(cfg, load_cluster(LOCAL))
+    steps = slurm_steps(cfg, load_cluster(LOCAL))
     names = [s.name for s in steps]
     assert names == [n for job in JOB_NAMES for n in ([f"{job}-parts", job] if job in split else [job])]
     for step in steps:

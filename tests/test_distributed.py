@@ -19,7 +19,7 @@ import torch
 from conftest import CONFIGS, REPO, write_yaml
 from kazhpc.config import load_config
 from kazhpc.errors import ConfigError, KazhpcError
-from kazhpc.launch.distributed import check_allocation, train_launch_script, train_sbatch_resources
+from kazhpc.launch.multinode import check_allocation, train_launch_script, train_sbatch_resources
 from kazhpc.train import distributed
 
 SMOKE = CONFIGS / "pipelines" / "smoke.yaml"
@@ -295,7 +295,7 @@ def test_train_sbatch_is_valid_bash_without_variables_in_sbatch_lines() -> None:
     assert subprocess.run(["bash", "-n", str(REPO / "slurm" / "train.sbatch")]).returncode == 0
     sbatch_lines = [line for line in text.splitlines() if line.startswith("#SBATCH")]
     assert sbatch_lines and not [line for line in sbatch_lines if "$" in line]
-    assert "--ntasks-per-node=1" in text and "kazhpc.launch.distributed" in text
+    assert "--ntasks-per-node=1" in text and "kazhpc.launch.multinode" in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_zero2_two_ranks_through_the_rendered_launch(tmp_path: Path, tiny_gemma3
 @pytest.mark.slurm
 def test_zero3_qlora_two_ranks_under_slurm(tmp_path: Path, tiny_gemma3: Path, local_slurm) -> None:
     """QLoRA (bitsandbytes NF4, bf16 storage) under ZeRO-3, submitted for real: sbatch
-    slurm/train.sbatch → python -m kazhpc.launch.distributed → srun → accelerate launch → 2 ranks."""
+    slurm/train.sbatch → python -m kazhpc.launch.multinode → srun → accelerate launch → 2 ranks."""
     from kazhpc.runner import read_state, run_pipeline
 
     cfg = load_config(_pipeline(tmp_path, tiny_gemma3, "zero3", "bfloat16", "{compute_dtype: bfloat16, quant_storage: bfloat16}"))

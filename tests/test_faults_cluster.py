@@ -147,12 +147,12 @@ def test_submitted_container_step_runs_the_same_lines(tmp_path: Path, runtime: s
     """What `kazhpc submit` hands submitit (ShellStep, run under submitit's own srun) starts too."""
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan
+    from kazhpc.launch.steps import slurm_steps
     from kazhpc.launch.submit import ShellStep
 
     cluster = load_cluster(write_yaml(tmp_path / "cluster.yaml", profile_text(runtime, train_gpus=1)))
     monkeypatch.chdir(REPO)
-    steps = {s.name: s for s in plan(load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}"]), cluster)}
+    steps = {s.name: s for s in slurm_steps(load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}"]), cluster)}
     env, log = stub_bin(tmp_path)
     for key in ("PATH", "STUB_LOG"):
         monkeypatch.setenv(key, env[key])
@@ -186,30 +186,30 @@ def test_train_requests_the_gpus_it_uses_and_says_so(tmp_path: Path) -> None:
 def test_other_jobs_request_at_most_one_gpu(tmp_path: Path) -> None:
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan, plan_warnings
+    from kazhpc.launch.steps import slurm_steps, step_warnings
 
     text = profile_text("apptainer", train_gpus=1).replace('evaluate: {time: "02:00:00", gpus: 1}',
                                                             'evaluate: {time: "02:00:00", gpus: 2}')
     cluster = load_cluster(write_yaml(tmp_path / "cluster.yaml", text))
-    steps = plan(load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}", "evaluate.shards=2"]), cluster)
+    steps = slurm_steps(load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}", "evaluate.shards=2"]), cluster)
     by_name = {s.name: s for s in steps}
     assert by_name["evaluate-parts"].params["gpus_per_node"] == "a100:1"
-    (warning,) = plan_warnings(steps)
+    (warning,) = step_warnings(steps)
     assert warning.startswith(f"{tmp_path / 'cluster.yaml'}:12: jobs.evaluate.gpus: 2 GPUs per node asked")
 
 
 def test_multi_gpu_train_requests_what_train_distributed_asks(tmp_path: Path) -> None:
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan, plan_warnings
+    from kazhpc.launch.steps import slurm_steps, step_warnings
 
     cfg = load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}", "train.distributed.gpus_per_node=4"])
-    steps = plan(cfg, load_cluster(A100))
+    steps = slurm_steps(cfg, load_cluster(A100))
     assert next(s for s in steps if s.name == "train").params["gpus_per_node"] == "a100:4"
-    (warning,) = plan_warnings(steps)
+    (warning,) = step_warnings(steps)
     assert "a100-example.yaml:" in warning and "jobs.train.gpus: 1 GPU per node asked" in warning
-    same = plan(cfg, load_cluster(write_yaml(tmp_path / "c.yaml", profile_text("apptainer", train_gpus=4))))
-    assert plan_warnings(same) == []
+    same = slurm_steps(cfg, load_cluster(write_yaml(tmp_path / "c.yaml", profile_text("apptainer", train_gpus=4))))
+    assert step_warnings(same) == []
 
 
 def test_shipped_example_profile_wastes_no_gpu_on_the_smoke_pipeline(tmp_path: Path) -> None:

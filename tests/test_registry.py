@@ -64,10 +64,10 @@ def test_cluster_profiles_take_each_job_and_refuse_others(tmp_path: Path) -> Non
 def test_the_step_plan_reads_splitting_distribution_and_preemption_from_the_registry() -> None:
     from kazhpc.config import load_config
     from kazhpc.launch.cluster import load_cluster
-    from kazhpc.launch.plan import plan
+    from kazhpc.launch.steps import slurm_steps
 
     cfg = load_config(CONFIGS / "pipelines" / "smoke.yaml", ["preprocess.shards=2", "evaluate.shards=2"])
-    steps = plan(cfg, load_cluster(CONFIGS / "clusters" / "local.yaml"))
+    steps = slurm_steps(cfg, load_cluster(CONFIGS / "clusters" / "local.yaml"))
     arrays = {s.job for s in steps if s.array}
     assert arrays == {j.name for j in JOB_TYPES if j.splits and j.name in cfg.jobs}
     preempting = {s.job for s in steps if s.preemption_signal}

@@ -1,6 +1,6 @@
 """``kazhpc submit``: the pipeline as chained SLURM jobs through submitit, and ``--resume``.
 
-Each step of :func:`kazhpc.launch.plan.plan` becomes one SLURM job (a job array for parts), chained
+Each step of :func:`kazhpc.launch.steps.slurm_steps` becomes one SLURM job (a job array for parts), chained
 with ``afterok`` dependencies and ``kill-on-invalid-dep`` (a failed job cancels its dependants
 instead of leaving them pending forever). The submission opens the run's MLflow parent run; each job
 adds its child run when it starts (tagged with its SLURM ids by kazhpc.tracking.run_tags). What was
@@ -23,7 +23,7 @@ from kazhpc.config import PipelineConfig, flatten
 from kazhpc.errors import ConfigError, KazhpcError
 from kazhpc.launch.cluster import ClusterConfig
 from kazhpc.launch.records import read_submission, submission_path
-from kazhpc.launch.plan import RUN_DIR_VAR, Step, plan, plan_warnings, render
+from kazhpc.launch.steps import RUN_DIR_VAR, Step, render, slurm_steps, step_warnings
 from kazhpc.errors import PREEMPTED_EXIT_CODE
 from kazhpc.signals import signal_number
 
@@ -176,8 +176,8 @@ def submit(
         log.info("resuming %s from %s (reusing %s)", run_dir, jobs[0], ", ".join(skipped) or "nothing")
     else:
         jobs = list(cfg.jobs)
-    steps = plan(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
-    for warning in plan_warnings(steps):
+    steps = slurm_steps(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
+    for warning in step_warnings(steps):
         log.warning(warning)
     check_image(cluster)
     if shutil.which("sbatch") is None:

@@ -172,7 +172,7 @@ def trainer_kwargs(cfg: PipelineConfig, device: str) -> dict[str, Any]:
         if "LOCAL_RANK" not in os.environ:
             raise KazhpcError(
                 f"train.distributed.deepspeed={dist.deepspeed} on CPU needs a launcher that starts the ranks: "
-                "slurm/train.sbatch, or the accelerate command of kazhpc.launch.distributed"
+                "slurm/train.sbatch, or the accelerate command of kazhpc.launch.multinode"
             )
         kwargs["accelerator_config"] = {"use_configured_state": cpu_deepspeed_state()}
     return kwargs

@@ -131,12 +131,12 @@ def check_allocation(cfg: PipelineConfig, env: dict[str, str] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kazhpc.launch.distributed --run-dir RUN``: print the launch lines for RUN's config
+    """``python -m kazhpc.launch.multinode --run-dir RUN``: print the launch lines for RUN's config
     (what slurm/train.sbatch evaluates), after checking the allocation."""
     from kazhpc.console import report_errors
     from kazhpc.runner import open_run_dir
 
-    parser = argparse.ArgumentParser(prog="python -m kazhpc.launch.distributed", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kazhpc.launch.multinode", description=main.__doc__)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--python", default="python", help="the Python that has kazhpc on every node")
     parser.add_argument("--no-check", action="store_true", help="do not compare with $SLURM_JOB_NUM_NODES")

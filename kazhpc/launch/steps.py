@@ -47,7 +47,7 @@ class Step:
     #: sbatch options submitit has no parameter for (its slurm_additional_parameters).
     extra: dict[str, Any] = field(default_factory=dict)
     #: One-line warnings about this step's request ('file:line: jobs.train.gpus: ...'); render
-    #: writes them into the script, and the callers of plan() show them (plan_warnings).
+    #: writes them into the script, and the callers of slurm_steps() show them (step_warnings).
     warnings: list[str] = field(default_factory=list)
 
     def sbatch_options(self) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def gpus_used(cfg: PipelineConfig, cluster: ClusterConfig, job: str) -> tuple[in
                   f"requesting {used}, not {asked}{hint}")
 
 
-def plan_warnings(steps: list[Step]) -> list[str]:
+def step_warnings(steps: list[Step]) -> list[str]:
     """The warnings of a plan, each once (a job's parts and merge share theirs)."""
     return list(dict.fromkeys(w for step in steps for w in step.warnings))
 
@@ -186,7 +186,7 @@ def _sbatch_params(cluster: ClusterConfig, name: str, res: JobResources, nodes: 
     return params
 
 
-def plan(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = None) -> list[Step]:
+def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = None) -> list[Step]:
     """The SLURM steps that run ``jobs`` (default: all of the config's) in order, each after the last.
 
     Raises ConfigError for anything the cluster cannot do, before anything is submitted.
@@ -264,7 +264,7 @@ def _distributed_train(
     return Step(
         name="train", job="train", params=params, setup=setup_lines(cluster), after=after, use_srun=False,
         warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", *body.strip().splitlines()],
-        notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.distributed"],
+        notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.multinode"],
         **_preemption(cfg),
     )
 
@@ -283,12 +283,12 @@ def _preemption(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def distributed_launch_hook() -> tuple[Any, Any]:
-    """TRAIN-DIST's ``train_launch_script`` and ``train_sbatch_resources`` (kazhpc.launch.distributed)."""
+    """TRAIN-DIST's ``train_launch_script`` and ``train_sbatch_resources`` (kazhpc.launch.multinode)."""
     try:
-        from kazhpc.launch.distributed import train_launch_script, train_sbatch_resources
+        from kazhpc.launch.multinode import train_launch_script, train_sbatch_resources
     except ImportError as exc:
         raise KazhpcError(
-            f"train.distributed.world_size > 1 needs kazhpc.launch.distributed (multi-GPU launch): {exc}"
+            f"train.distributed.world_size > 1 needs kazhpc.launch.multinode (multi-GPU launch): {exc}"
         ) from None
     return train_launch_script, train_sbatch_resources
 
