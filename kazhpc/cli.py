@@ -86,11 +86,11 @@ def plan(
 def run(
     config: Optional[Path] = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"),
     overrides: Optional[List[str]] = OverridesArg,
-    only: Optional[List[str]] = typer.Option(None, "--only", help="run only this job (repeatable)"),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="run only this stage (repeatable)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="join (resume) an existing run directory"),
-    force: bool = typer.Option(False, "--force", help="redo the selected jobs from scratch, parts included"),
+    force: bool = typer.Option(False, "--force", help="redo the selected stages from scratch, parts included"),
 ) -> None:
-    """Run the pipeline's jobs in order on this machine (with --run-dir: resume that run; jobs
+    """Run the pipeline's stages in order on this machine (with --run-dir: resume that run; stages
     that completed from unchanged inputs are reused)."""
     from kazhpc.config import load_config
     from kazhpc.runner import open_run_dir, read_state, run_pipeline
@@ -136,39 +136,43 @@ def init(
 
 
 def _run_job_command(job: str, config: Optional[Path], overrides: Optional[List[str]], run_dir: Optional[Path],
-                     shard: Optional[str]) -> None:
-    """One job (or one part of it, an array task); print what the job says it printed (a table, a
-    results file), the run directory and the job's states."""
+                     shard: Optional[str], stage: Optional[str]) -> None:
+    """One stage of this job type (or one part of it, an array task); print what the job says it
+    printed (a table, a results file), the run directory and the stage's states."""
     from kazhpc.registry import job_type
-    from kazhpc.runner import read_state, run_single
+    from kazhpc.runner import open_run_dir, read_state, run_single, stage_of_job
 
     spec = job_type(job)
     setup_logging()
     with report_errors():
-        path = run_single(job, config, overrides or [], run_dir, shard)
-    if shard is None and spec.table and (path / job / spec.table).is_file():
-        sys.stdout.write((path / job / spec.table).read_text(encoding="utf-8"))  # unwrapped
-    if shard is None and spec.result and (path / job / spec.result).is_file():
-        out.print(f"results: {path / job / spec.result}", highlight=False)
+        path = run_single(job, config, overrides or [], run_dir, shard, stage)
+        name = stage_of_job(open_run_dir(path), job, stage)
+    states = read_state(path).get("jobs", {})
+    if shard is None and spec.table and (path / name / spec.table).is_file():
+        sys.stdout.write((path / name / spec.table).read_text(encoding="utf-8"))  # unwrapped
+    if shard is None and spec.result and (path / name / spec.result).is_file():
+        out.print(f"results: {path / name / spec.result}", highlight=False)
     out.print(f"run directory: {path}", highlight=False)
-    for name, state in read_state(path).get("jobs", {}).items():
-        if name == job or name.startswith(f"{job}["):
-            out.print(f"  {name}: {state.get('status')}", highlight=False)
+    for key, state in states.items():
+        if key == name or key.startswith(f"{name}["):
+            out.print(f"  {key}: {state.get('status')}", highlight=False)
 
 
 def _job_command(job: str, splits: bool):
-    """The `kazhpc <job>` command: CONFIG [key=value ...] or --run-dir, plus --shard if it splits."""
+    """The `kazhpc <job>` command: CONFIG [key=value ...] or --run-dir, --stage where several
+    stages run this job type, plus --shard if it splits."""
     config_arg = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)")
     run_dir_opt = typer.Option(None, "--run-dir", help="join an existing run directory")
+    stage_opt = typer.Option(None, "--stage", help=f"the {job} stage to run (default: the one {job} stage)")
     if splits:
         def command(config: Optional[Path] = config_arg, overrides: Optional[List[str]] = OverridesArg,
-                    run_dir: Optional[Path] = run_dir_opt,
+                    run_dir: Optional[Path] = run_dir_opt, stage: Optional[str] = stage_opt,
                     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: only part i of n (an array task; with --run-dir)")) -> None:
-            _run_job_command(job, config, overrides, run_dir, shard)
+            _run_job_command(job, config, overrides, run_dir, shard, stage)
     else:
         def command(config: Optional[Path] = config_arg, overrides: Optional[List[str]] = OverridesArg,
-                    run_dir: Optional[Path] = run_dir_opt) -> None:
-            _run_job_command(job, config, overrides, run_dir, None)
+                    run_dir: Optional[Path] = run_dir_opt, stage: Optional[str] = stage_opt) -> None:
+            _run_job_command(job, config, overrides, run_dir, None, stage)
     return command
 
 

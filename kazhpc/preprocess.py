@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from kazhpc.errors import KazhpcError
 
@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 
 def decontamination_files(cfg: PipelineConfig) -> list[str]:
     """The evaluation items training rows are checked against: ``decontamination.files``, plus (by
-    default) every local file the pipeline's own evaluate job reads. Tasks whose data comes from
+    default) every local file the pipeline's own evaluate stages read. Tasks whose data comes from
     the hub are not covered here; list their local copies in ``decontamination.files``."""
     files = list(cfg.preprocess.cleaning.decontamination.files)
-    if cfg.preprocess.cleaning.decontamination.evaluation_files and "evaluate" in cfg.jobs:
-        files += [f for f in cfg.evaluate.local_files() if f not in files]
+    if cfg.preprocess.cleaning.decontamination.evaluation_files:
+        for stage in cfg.stages_of("evaluate"):
+            files += [f for f in cfg.section_of(stage.name).local_files() if f not in files]
     return files
 
 
@@ -46,8 +47,9 @@ def extra_inputs(cfg: PipelineConfig) -> list[str]:
     return decontamination_files(cfg)
 
 
-def run_part(cfg: PipelineConfig, out_dir: Path, index: int, count: int) -> Path:
-    """Process part ``index`` of ``count`` into ``out_dir``'s parts; return its folder."""
+def run_part(cfg: PipelineConfig, out_dir: Path, index: int, count: int, upstream: Mapping[str, Path] | None = None) -> Path:
+    """Process part ``index`` of ``count`` into ``out_dir``'s parts; return its folder (a
+    preprocess stage reads no earlier stage: ``upstream`` is empty)."""
     from kazhpc.data.preprocess_part import run_part as process_part
 
     return process_part(cfg.preprocess, cfg.model, cfg.cache_root, decontamination_files(cfg), out_dir, index, count)
@@ -75,7 +77,9 @@ def preflight(cfg: PipelineConfig) -> list[str]:
             warnings += preview_source(source)
         if source.hub is not None and os.environ.get("HF_HUB_OFFLINE") != "1" and not Path(source.hub).exists():
             warnings.append(f"source '{source.name}': '{source.hub}' will be fetched from the hub unless cached")
-    evaluation_keys = cfg.evaluate.local_file_keys()
+    evaluation_keys = {}
+    for stage in reversed(cfg.stages_of("evaluate")):
+        evaluation_keys.update(cfg.section_of(stage.name).local_file_keys())
     for path in decontamination_files(cfg):
         if not Path(path).is_file():
             own = path in cfg.preprocess.cleaning.decontamination.files
@@ -90,7 +94,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     count = cfg.preprocess.shards
-    manifest = run_parts_then_merge("preprocess", ctx.job_dir, count, lambda i: run_part(cfg, ctx.job_dir, i, count),
+    manifest = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count, lambda i: run_part(cfg, ctx.job_dir, i, count),
                                     lambda: merge_parts(cfg, ctx.job_dir, count), ctx.inputs)
     counts = manifest["counts"]
     metrics = {k: v for k, v in counts.items() if isinstance(v, (int, float))}

@@ -32,8 +32,9 @@ class JobType:
     name: str
     module: str  # the job adapter
     summary: str  # one line: the command's help
-    #: Earlier jobs whose outputs this one reads (when they are in the pipeline): their
-    #: fingerprints are part of this job's inputs, so redoing one of them redoes this one.
+    #: Job types whose outputs a stage of this type reads from an earlier stage (the stage its
+    #: ``uses:`` names, else the latest earlier one of that type; kazhpc.config.stages). Their
+    #: fingerprints are part of this stage's inputs, so redoing one of them redoes this one.
     needs: tuple[str, ...] = ()
     splits: bool = False  # into parts (SLURM array tasks) and a merge: the adapter's run_part
     #: Runs as several processes per node and across nodes when train.distributed asks for it.
@@ -75,8 +76,8 @@ JOB_TYPES: tuple[JobType, ...] = (
     JobType("preprocess", "kazhpc.preprocess",
             "Clean, deduplicate and format the configured Kazakh sources into Parquet shards.", splits=True),
     JobType("train", "kazhpc.train.qlora",
-            "QLoRA-train an adapter on the preprocess job's output (resumes after preemption).",
-            needs=("extend-vocab", "preprocess"), distributed=True, preemptible=True),
+            "QLoRA-train an adapter on the preprocess job's output, or go on training an earlier stage's (resumes after preemption).",
+            needs=("extend-vocab", "preprocess", "train"), distributed=True, preemptible=True),
     JobType("evaluate", "kazhpc.evaluation.job",
             "Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly.",
             needs=("extend-vocab", "train"), splits=True, result="results.json", script_stem="evaluate_models"),

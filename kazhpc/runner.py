@@ -1,9 +1,9 @@
-"""The pipeline runner: run directories, running jobs in order, and reusing what is unchanged.
+"""The pipeline runner: run directories, running stages in order, and reusing what is unchanged.
 
 A run directory (``<runs_root>/<name>-<time>-<hash>/``) holds ``config.yaml`` (the resolved config),
-``run.json`` (each job's state) and one folder per job with its outputs and ``manifest.json``.
-Jobs talk only through those files, so any job can be rerun alone, here (``kazhpc run --only``)
-or as a SLURM step (``python jobs/<job>.py --run-dir ...``).
+``run.json`` (each stage's state, under ``jobs``) and one folder per stage with its outputs and
+``manifest.json``. Stages talk only through those files, so any stage can be rerun alone, here
+(``kazhpc run --only STAGE``) or as a SLURM step (``python jobs/<job>.py --run-dir ... [--stage S]``).
 """
 
 from __future__ import annotations
@@ -32,35 +32,44 @@ from kazhpc.tracking import Tracker, global_rank, run_tags
 log = logging.getLogger("kazhpc")
 
 
-def inputs_of(cfg: PipelineConfig, run_dir: Path, name: str) -> dict[str, Any]:
-    """What job ``name`` of this run is made from now: its config, its files, its upstream jobs."""
-    job = job_type(name)
+def upstream_dirs(cfg: PipelineConfig, run_dir: Path, stage: str) -> dict[str, Path]:
+    """Job type → the folder of the earlier stage that ``stage`` reads."""
+    return {kind: run_dir / name for kind, name in cfg.upstream(stage).items()}
+
+
+def inputs_of(cfg: PipelineConfig, run_dir: Path, stage: str) -> dict[str, Any]:
+    """What ``stage`` of this run is made from now: its section, its files, its upstream stages."""
+    job = job_type(cfg.stage(stage).job)
+    view = cfg.for_stage(stage)
     upstream = {}
-    for needed in job.needs:
-        if needed in cfg.jobs:
-            manifest = run_dir / needed / "manifest.json"
-            upstream[needed] = read_json_file(manifest, f"the {needed} job's manifest").get("fingerprint", "?") if manifest.is_file() else "not run"
+    for kind, folder in upstream_dirs(cfg, run_dir, stage).items():
+        manifest = folder / "manifest.json"
+        # Keyed by job type while the stage is named as it (the one-stage-per-type form, whose
+        # manifests from before named stages existed say the same).
+        key = kind if folder.name == kind else f"{kind}:{folder.name}"
+        upstream[key] = read_json_file(manifest, f"the {folder.name} stage's manifest").get("fingerprint", "?") if manifest.is_file() else "not run"
     extra_inputs = getattr(job.adapter(), "extra_inputs", None)
-    extra = extra_inputs(cfg) if extra_inputs else []
-    return job_inputs(cfg.resolved_dict(), job.section, extra, upstream)
+    extra = extra_inputs(view) if extra_inputs else []
+    return job_inputs(view.resolved_dict(), job.section, extra, upstream)
 
 
-def up_to_date(cfg: PipelineConfig, run_dir: Path, name: str) -> tuple[bool, list[str]]:
-    """(True, []) when job ``name`` COMPLETED in this run from exactly today's inputs; else
+def up_to_date(cfg: PipelineConfig, run_dir: Path, stage: str) -> tuple[bool, list[str]]:
+    """(True, []) when ``stage`` COMPLETED in this run from exactly today's inputs; else
     (False, what changed)."""
-    if read_state(run_dir).get("jobs", {}).get(name, {}).get("status") != "COMPLETED":
+    if read_state(run_dir).get("jobs", {}).get(stage, {}).get("status") != "COMPLETED":
         return False, ["not completed"]
-    if not (run_dir / name / "manifest.json").is_file():
+    if not (run_dir / stage / "manifest.json").is_file():
         return False, ["no manifest"]
-    said = changes(read_manifest(run_dir, name).get("inputs"), inputs_of(cfg, run_dir, name))
+    said = changes(read_manifest(run_dir / stage).get("inputs"), inputs_of(cfg, run_dir, stage))
     return not said, said
 
 
-def preflight(cfg: PipelineConfig) -> list[str]:
-    """Every check that needs no GPU, for every configured job; returns the warnings."""
+def preflight(cfg: PipelineConfig, stages: list[str] | None = None) -> list[str]:
+    """Every check that needs no GPU, for every stage (or those named); returns the warnings."""
     warnings: list[str] = []
-    for name in cfg.jobs:
-        warnings += [f"{name}: {w}" for w in job_type(name).adapter().preflight(cfg)]
+    for name in stages or cfg.stage_names:
+        adapter = job_type(cfg.stage(name).job).adapter()
+        warnings += [f"{name}: {w}" for w in adapter.preflight(cfg.for_stage(name))]
     return warnings
 
 
@@ -113,16 +122,17 @@ def set_job_state(run_dir: Path, job: str, **fields: Any) -> None:
 def run_pipeline(
     cfg: PipelineConfig, run_dir: Path | None = None, only: list[str] | None = None, force: bool = False
 ) -> Path:
-    """Run the configured jobs (or ``only`` those) in order in this process; return the run dir.
+    """Run the configured stages (or ``only`` those) in order in this process; return the run dir.
 
-    Joining a run directory resumes it: a job that completed from exactly today's inputs is
-    reused, one whose inputs changed since (a source file edited, an upstream job redone) runs
-    again. Jobs named in ``only`` always run (their unchanged parts are still reused);
-    ``force`` redoes the selected jobs from scratch, parts included."""
-    selected = only or cfg.jobs
-    unknown = [j for j in selected if j not in cfg.jobs]
+    Joining a run directory resumes it: a stage that completed from exactly today's inputs is
+    reused, one whose inputs changed since (a source file edited, an upstream stage redone) runs
+    again. Stages named in ``only`` always run (their unchanged parts are still reused);
+    ``force`` redoes the selected stages from scratch, parts included."""
+    selected = only or cfg.stage_names
+    unknown = [j for j in selected if j not in cfg.stage_names]
     if unknown:
-        raise KazhpcError(f"--only {', '.join(unknown)}: not among this config's jobs ({', '.join(cfg.jobs)})")
+        raise KazhpcError(f"--only {', '.join(unknown)}: not among this config's stages ({', '.join(cfg.stage_names)})")
+    selected = [s for s in cfg.stage_names if s in selected]  # in pipeline order
     for warning in preflight(cfg):
         log.warning(warning)
     if run_dir is not None:
@@ -149,14 +159,14 @@ def run_pipeline(
             elif joined.get(name, {}).get("status") == "COMPLETED" and not only:
                 current, said = up_to_date(cfg, run_dir, name)
                 if current:
-                    log.info("job %s: completed earlier from the same inputs: reused", name)
+                    log.info("stage %s: completed earlier from the same inputs: reused", name)
                     continue
-                log.warning("job %s: completed earlier, but %s: running it again", name, "; ".join(said))
+                log.warning("stage %s: completed earlier, but %s: running it again", name, "; ".join(said))
             run_job(cfg, run_dir, tracker, name, tags)
     except KeyboardInterrupt:
         status = "KILLED"
         stopped = [n for n, s in read_state(run_dir).get("jobs", {}).items() if s.get("status") == "INTERRUPTED"]
-        what = f"job {stopped[-1]} of {run_dir}" if stopped else str(run_dir)
+        what = f"stage {stopped[-1]} of {run_dir}" if stopped else str(run_dir)
         again = "".join(f" --only {n}" for n in only or [])
         raise Interrupted(f"interrupted: {what}; resume with: kazhpc run --run-dir {run_dir}{again}") from None
     except BaseException:
@@ -164,43 +174,47 @@ def run_pipeline(
         raise
     finally:
         jobs = read_state(run_dir).get("jobs", {})
-        if status != "FINISHED" or all(jobs.get(j, {}).get("status") == "COMPLETED" for j in cfg.jobs):
+        if status != "FINISHED" or all(jobs.get(j, {}).get("status") == "COMPLETED" for j in cfg.stage_names):
             tracker.finish_pipeline(status)
     return run_dir
 
 
 def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Run one job: its folder, its child run, its log file, its manifest."""
+    """Run one stage: its folder, its child run, its log file, its manifest."""
     import transformers
 
-    job = job_type(name).adapter()
+    kind = cfg.stage(name).job
+    job = job_type(kind).adapter()
     job_dir = run_dir / name
     job_dir.mkdir(parents=True, exist_ok=True)
     inputs = inputs_of(cfg, run_dir, name)
+    view = cfg.for_stage(name)
+    upstream = upstream_dirs(cfg, run_dir, name)
+    tags = {**tags, "kazhpc.job": kind, "kazhpc.stage": name}
     if global_rank() != 0:
         # Other ranks of a distributed job train alongside rank 0 and exit: rank 0 alone writes
         # run.json, the manifest, the log file and the MLflow run.
         transformers.set_seed(cfg.seed)
-        return job.run(JobContext(cfg, run_dir, job_dir, tracker.job(name, {}, tags), inputs))
+        return job.run(JobContext(view, run_dir, job_dir, tracker.job(name, {}, tags), inputs, upstream))
     handler = logging.FileHandler(job_dir / "job.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    tracking = tracker.job(name, flatten(cfg.resolved_dict()), tags)
+    tracking = tracker.job(name, flatten(view.resolved_dict()), tags)
     tracking.log_artifact(run_dir / "config.yaml")
     set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                    pid=os.getpid(), host=socket.gethostname())
-    log.info("job %s: started in %s", name, job_dir)
+    log.info("stage %s (%s): started in %s", name, kind, job_dir)
     started = time.time()
     try:
         transformers.set_seed(cfg.seed)
-        manifest = job.run(JobContext(cfg, run_dir, job_dir, tracking, inputs))
-        manifest = {"job": name, "config_hash": cfg.config_hash(), "seconds": round(time.time() - started, 2),
+        manifest = job.run(JobContext(view, run_dir, job_dir, tracking, inputs, upstream))
+        manifest = {"job": kind, "stage": name, "upstream": {k: p.name for k, p in upstream.items()}, "config_hash": cfg.config_hash(), "seconds": round(time.time() - started, 2),
                     **manifest, "fingerprint": fingerprint(inputs), "inputs": inputs}
         (job_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
         tracking.log_artifact(job_dir / "manifest.json")
         tracking.finish("FINISHED")
         set_job_state(run_dir, name, status="COMPLETED", finished=time.time())
-        log.info("job %s: completed in %.1f s", name, time.time() - started)
+        log.info("stage %s: completed in %.1f s", name, time.time() - started)
         return manifest
     except BaseException as exc:
         preempted = isinstance(exc, Preempted)  # saved a checkpoint and asked to be requeued
@@ -229,16 +243,32 @@ def parse_part(spec: str) -> tuple[int, int]:
     return index, count
 
 
+def stage_of_job(cfg: PipelineConfig, job: str, stage: str | None) -> str:
+    """The stage a `kazhpc <job>` command (or jobs/<job>.py) runs: the one named, else the stage
+    named as the job type, else the only stage of that type."""
+    if stage is not None:
+        if cfg.stage(stage).job != job:
+            raise KazhpcError(f"--stage {stage}: a {cfg.stage(stage).job} stage, not a {job} stage")
+        return stage
+    of_type = [s.name for s in cfg.stages_of(job)]
+    if job in of_type or len(of_type) == 1:
+        return job if job in of_type else of_type[0]
+    if not of_type:
+        raise KazhpcError(f"job '{job}' is not in this config's stages ({', '.join(cfg.stage_names)})")
+    raise KazhpcError(f"{len(of_type)} stages run {job} ({', '.join(of_type)}); name one with --stage")
+
+
 def run_single(
     job: str,
     config: Path | None,
     overrides: list[str],
     run_dir: Path | None = None,
     shard: str | None = None,
+    stage: str | None = None,
 ) -> Path:
-    """Run one job of a pipeline (all of it, or with ``shard='i/n'`` one part of it).
+    """Run one stage of a pipeline (all of it, or with ``shard='i/n'`` one part of it).
 
-    With ``run_dir`` the job joins an existing run (its config.yaml and its MLflow parent run);
+    With ``run_dir`` the stage joins an existing run (its config.yaml and its MLflow parent run);
     parts always do, since the parts and the merge that follows must share one folder.
     """
     if run_dir is not None:
@@ -249,10 +279,9 @@ def run_single(
         cfg = load_config(config, overrides)
     else:
         raise KazhpcError("give a CONFIG or --run-dir")
-    if job not in cfg.jobs:
-        raise KazhpcError(f"job '{job}' is not in this config's jobs ({', '.join(cfg.jobs)})")
+    name = stage_of_job(cfg, job, stage)
     if shard is None:
-        return run_pipeline(cfg, run_dir=run_dir, only=[job])
+        return run_pipeline(cfg, run_dir=run_dir, only=[name])
     spec = job_type(job)
     if not spec.splits:
         raise KazhpcError(f"job '{job}' does not split into parts; drop --shard")
@@ -260,14 +289,15 @@ def run_single(
         raise KazhpcError("--shard needs --run-dir: the parts and their merge share one run directory")
     index, count = parse_part(shard)
     adapter = spec.adapter()
-    for warning in adapter.preflight(cfg):
+    view = cfg.for_stage(name)
+    for warning in adapter.preflight(view):
         log.warning(warning)
-    job_dir = run_dir / job
-    part = f"{job}[{index}/{count}]"
+    job_dir = run_dir / name
+    part = f"{name}[{index}/{count}]"
     set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-    inputs = inputs_of(cfg, run_dir, job)  # before the part reads them
+    inputs = inputs_of(cfg, run_dir, name)  # before the part reads them
     try:
-        record_inputs(adapter.run_part(cfg, job_dir, index, count), inputs)
+        record_inputs(adapter.run_part(view, job_dir, index, count, upstream_dirs(cfg, run_dir, name)), inputs)
     except BaseException as exc:
         set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
@@ -276,10 +306,11 @@ def run_single(
 
 
 def job_entry(job: str, argv: list[str] | None = None) -> int:
-    """What ``jobs/<job>.py`` runs: one job of a pipeline, e.g. as a SLURM step.
+    """What ``jobs/<job>.py`` runs: one stage of a pipeline, e.g. as a SLURM step.
 
     ``python jobs/<job>.py CONFIG [key=value ...]``, or ``--run-dir DIR`` to join an existing run,
-    plus ``--shard i/n`` for one part of a job that splits (an array task).
+    plus ``--stage NAME`` where several stages run this job type, and ``--shard i/n`` for one part
+    of a job that splits (an array task).
     """
     import argparse
 
@@ -289,9 +320,10 @@ def job_entry(job: str, argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", type=Path, help="pipeline config (omit with --run-dir)")
     parser.add_argument("overrides", nargs="*", help="key.path=value")
     parser.add_argument("--run-dir", type=Path, help="join this run directory")
+    parser.add_argument("--stage", help="the stage to run (default: the one of this job type)")
     parser.add_argument("--shard", help="i/n: do part i of n (with --run-dir)")
     args = parser.parse_args(argv)
     setup_logging()
     with report_errors():
-        run_single(job, args.config, args.overrides, args.run_dir, args.shard)
+        run_single(job, args.config, args.overrides, args.run_dir, args.shard, args.stage)
     return 0

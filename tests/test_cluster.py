@@ -50,7 +50,7 @@ def test_shipped_profiles_load_and_cover_the_smoke_pipeline(path: Path) -> None:
     steps = slurm_steps(load_config(SMOKE, ["preprocess.shards=2"]), cluster)
     names = [s.name for s in steps]
     assert names[names.index("preprocess-parts") + 1] == "preprocess"
-    assert set(load_config(SMOKE).jobs) <= set(names)
+    assert set(load_config(SMOKE).stage_names) <= set(names)
 
 
 def test_bare_profile_name_resolves() -> None:

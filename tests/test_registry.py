@@ -69,9 +69,9 @@ def test_the_step_plan_reads_splitting_distribution_and_preemption_from_the_regi
     cfg = load_config(CONFIGS / "pipelines" / "smoke.yaml", ["preprocess.shards=2", "evaluate.shards=2"])
     steps = slurm_steps(cfg, load_cluster(CONFIGS / "clusters" / "local.yaml"))
     arrays = {s.job for s in steps if s.array}
-    assert arrays == {j.name for j in JOB_TYPES if j.splits and j.name in cfg.jobs}
+    assert arrays == {j.name for j in JOB_TYPES if j.splits and j.name in cfg.stage_names}
     preempting = {s.job for s in steps if s.preemption_signal}
-    assert preempting == {j.name for j in JOB_TYPES if j.preemptible and j.name in cfg.jobs}
+    assert preempting == {j.name for j in JOB_TYPES if j.preemptible and j.name in cfg.stage_names}
     for step in steps:
         assert any(job_type(step.job).script in line for line in step.command), step.name
 

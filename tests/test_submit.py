@@ -31,7 +31,7 @@ def kazhpc(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def sharded_overrides() -> list[str]:
     """Two parts for every smoke job that splits (preprocess; evaluate once it exists)."""
-    jobs = load_config(CONFIGS / "pipelines" / "smoke.yaml").jobs
+    jobs = load_config(CONFIGS / "pipelines" / "smoke.yaml").stage_names
     return [f"{job.replace('-', '_')}.shards=2" for job in jobs if job_type(job).splits]
 
 
@@ -51,7 +51,7 @@ def smoke_submission(local_slurm: str, tmp_path_factory: pytest.TempPathFactory,
     runs_root = tmp_path_factory.mktemp("submit") / "runs"
     sharded = sharded_overrides()
     cut = ["train.max_steps=2", "train.loss_check_rows=4", "tokenizers.tokenizers=[gemma3,llama3]"]  # test budget
-    if "evaluate" in load_config(CONFIGS / "pipelines" / "smoke.yaml").jobs:
+    if "evaluate" in load_config(CONFIGS / "pipelines" / "smoke.yaml").stage_names:
         cut.append("evaluate.limit=2")
     submitted = kazhpc("submit", SMOKE, f"runs_root={runs_root}", f"cache_dir={model_cache}", *cut, *sharded,
                        "--cluster", LOCAL)
@@ -73,7 +73,7 @@ def test_smoke_pipeline_through_slurm(smoke_submission: dict) -> None:
     submission = json.loads((run_dir / "submission.json").read_text())
     steps = {s["name"]: s for s in submission["attempts"][0]["steps"]}
     split = [o.split(".")[0].replace("_", "-") for o in sharded]
-    assert list(steps) == [name for job in cfg.jobs for name in ([f"{job}-parts", job] if job in split else [job])]
+    assert list(steps) == [name for job in cfg.stage_names for name in ([f"{job}-parts", job] if job in split else [job])]
     for job in split:  # sharded jobs ran as 2-task arrays, their merge after them
         parts = steps[f"{job}-parts"]
         assert parts["array"] == 2 and parts["tasks"] == [f"{parts['slurm_id']}_0", f"{parts['slurm_id']}_1"]
@@ -93,7 +93,7 @@ def test_smoke_pipeline_through_slurm(smoke_submission: dict) -> None:
     assert parent.data.tags["slurm.cluster_profile"] == "local"
     assert f"train={steps['train']['slurm_id']}" in parent.data.tags["slurm.submission.0"]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == set(cfg.jobs) and len(runs) == len(cfg.jobs) + 1
+    assert set(children) == set(cfg.stage_names) and len(runs) == len(cfg.stage_names) + 1
     for job, child in children.items():
         assert child.info.status == "FINISHED", job
         assert child.data.tags["slurm.job_id"] == steps[job]["slurm_id"] == state[job]["slurm_job_id"]

@@ -1,4 +1,5 @@
-"""The whole pipeline config: its sections composed, the job list, and the cross-field checks."""
+"""The whole pipeline config: its sections composed, its stages (kazhpc.config.stages), and the
+checks across stages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kazhpc.config.evaluate import EvaluateConfig
 from kazhpc.config.messages import suggest
@@ -19,11 +20,8 @@ from kazhpc.config.preprocess import PreprocessConfig
 from kazhpc.config.tokenizers import ExtendVocabConfig, TokenizersConfig
 from kazhpc.config.tracking import TrackingConfig
 from kazhpc.config.train import TrainConfig
-from kazhpc.registry import JOB_TYPES
-
-#: Job names in pipeline order; each is implemented in kazhpc.runner's registry.
-#: The job types, in their canonical order (kazhpc.registry is the one list).
-JOB_NAMES: tuple[str, ...] = tuple(job.name for job in JOB_TYPES)
+from kazhpc.config.stages import JOB_NAMES, StageConfig, merge_section, stages_from_jobs, upstream_stages
+from kazhpc.errors import KazhpcError
 
 
 def default_cache_root() -> Path:
@@ -32,10 +30,10 @@ def default_cache_root() -> Path:
 
 
 class PipelineConfig(Strict):
-    """A whole pipeline run: which jobs, on which model, logged where."""
+    """A whole pipeline run: which stages, on which model, logged where."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    jobs: list[str] = Field(min_length=1, description="job names, run in this order")
+    stages: list[StageConfig] = Field(min_length=1, description="run in this order (or jobs: [...], one stage per job type)")
     model: ModelConfig
     runs_root: Path = Field(Path("runs"), description="run folders and the default MLflow store")
     cache_dir: Path | None = Field(
@@ -49,17 +47,24 @@ class PipelineConfig(Strict):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    #: Each stage's section (its type's top-level section with its ``with:`` keys), by stage name.
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    #: Each stage's upstream: job type -> the earlier stage it reads, by stage name.
+    _upstream: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
 
-    @field_validator("jobs")
+    @model_validator(mode="before")
     @classmethod
-    def _known_unique_jobs(cls, jobs: list[str]) -> list[str]:
-        for job in jobs:
-            if job not in JOB_NAMES:
-                raise ValueError(f"unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
-        duplicates = sorted({j for j in jobs if jobs.count(j) > 1})
-        if duplicates:
-            raise ValueError(f"job listed twice: {', '.join(duplicates)}")
-        return jobs
+    def _jobs_as_stages(cls, data: Any) -> Any:
+        return stages_from_jobs(data)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in stages]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"stage listed twice: {', '.join(twice)}; give each stage its own name")
+        return stages
 
     @field_validator("runs_root", "cache_dir")
     @classmethod
@@ -67,30 +72,64 @@ class PipelineConfig(Strict):
         return None if path is None else Path(absolute_path(str(path)))
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> PipelineConfig:
-        # Cross-field checks (ZeRO stage vs GPUs, quant storage, time limits) live here, so that
-        # `kazhpc validate` refuses impossible combinations before submission.
-        if "preprocess" in self.jobs and not self.preprocess.sources:
-            raise ValueError("preprocess.sources: the preprocess job needs at least one source")
-        if "tokenizers" in self.jobs and self.tokenizers.corpus is None:
-            raise ValueError("tokenizers.corpus: the tokenizers job needs a corpus (tokenizers.corpus.path)")
-        if "extend-vocab" in self.jobs and self.extend_vocab.corpus is None:
-            raise ValueError("extend_vocab.corpus: the extend-vocab job needs a Kazakh corpus (extend_vocab.corpus.path)")
-        if "extend-vocab" in self.jobs and "train" in self.jobs and self.jobs.index("train") < self.jobs.index("extend-vocab"):
-            raise ValueError("jobs: extend-vocab must come before train (train fine-tunes the extended model)")
-        if "train" in self.jobs and "preprocess" not in self.jobs:
-            raise ValueError("jobs: train reads the preprocess job's output; list preprocess before it")
-        if "train" in self.jobs and self.jobs.index("train") < self.jobs.index("preprocess"):
-            raise ValueError("jobs: preprocess must come before train")
-        for m in self.evaluate.models:
-            if "evaluate" in self.jobs and m.kind != "base" and m.adapter is None and (
-                "train" not in self.jobs or self.jobs.index("train") > self.jobs.index("evaluate")
-            ):
-                raise ValueError(
-                    f"evaluate.models[{m.label}]: no adapter given and no train job before evaluate; "
-                    "set evaluate.models[].adapter or list train before evaluate"
-                )
+    def _stage_sections_and_order(self) -> PipelineConfig:
+        # Each stage's section validated as its own (a bad key names the stage), then the checks
+        # across stages, so that `kazhpc validate` refuses impossible pipelines before submission.
+        for index, stage in enumerate(self.stages):
+            section = stage.job.replace("-", "_")
+            top = getattr(self, section)
+            if stage.settings:
+                try:
+                    merged = type(top).model_validate(merge_section(top.model_dump(mode="json"), stage.settings))
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    key = ".".join(str(p) for p in error["loc"])
+                    raise ValueError(f"stages.{stage.name}.with.{key}: {error['msg'].removeprefix('Value error, ')}") from None
+                self._sections[stage.name] = merged
+            else:
+                self._sections[stage.name] = top
+            self._upstream[stage.name] = upstream_stages(self.stages, index)
+        for stage in self.stages:
+            check_stage(self, stage)
         return self
+
+    # ----------------------------------------------------------------------------------------
+    # Stages.
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KazhpcError(f"stage '{name}' is not in this config{suggest(name, self.stage_names)}; "
+                          f"its stages: {', '.join(self.stage_names)}")
+
+    def stages_of(self, job: str) -> list[StageConfig]:
+        """The stages that run job type ``job``, in order."""
+        return [s for s in self.stages if s.job == job]
+
+    def section_of(self, name: str) -> Any:
+        """Stage ``name``'s own config section."""
+        return self._sections[self.stage(name).name]
+
+    def upstream(self, name: str) -> dict[str, str]:
+        """Job type → the earlier stage that stage ``name`` reads."""
+        return dict(self._upstream[self.stage(name).name])
+
+    def for_stage(self, name: str) -> PipelineConfig:
+        """This config as stage ``name`` sees it: its job type's section is the stage's own. Job
+        adapters and libraries read ``cfg.train`` etc. and need not know which stage they run."""
+        stage = self.stage(name)
+        section = stage.job.replace("-", "_")
+        own = self._sections[stage.name]
+        if own is getattr(self, section):
+            return self
+        view = self.model_copy(update={section: own})
+        view._sections, view._upstream = self._sections, self._upstream
+        return view
 
     @property
     def cache_root(self) -> Path:
@@ -100,12 +139,43 @@ class PipelineConfig(Strict):
 
     def resolved_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON-able data (what jobs receive and MLflow stores)."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
     def config_hash(self) -> str:
         """A short content hash of the resolved config: equal configs, equal hashes."""
         canonical = json.dumps(self.resolved_dict(), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def check_stage(cfg: PipelineConfig, stage: StageConfig) -> None:
+    """What a stage needs from its section and from earlier stages (ValueError, naming the stage)."""
+    section = cfg.section_of(stage.name)
+    upstream = cfg.upstream(stage.name)
+    later = cfg.stages[cfg.stages.index(stage) + 1:]
+    # Keys as a legacy one-stage-per-type config spells them; a named stage's own prefix otherwise.
+    at = "" if stage.name == stage.job else f"stages.{stage.name}: "
+    if stage.job == "preprocess" and not section.sources:
+        raise ValueError(f"{at}preprocess.sources: the {stage.name} job needs at least one source")
+    if stage.job == "tokenizers" and section.corpus is None:
+        raise ValueError(f"{at}tokenizers.corpus: the {stage.name} job needs a corpus (tokenizers.corpus.path)")
+    if stage.job == "extend-vocab":
+        if section.corpus is None:
+            raise ValueError(f"{at}extend_vocab.corpus: the {stage.name} job needs a Kazakh corpus (extend_vocab.corpus.path)")
+        trains = cfg.stages_of("train")
+        if trains and not any(s.job == "train" for s in later):
+            raise ValueError(f"stages: {stage.name} must come before {trains[0].name} (train fine-tunes the extended model)")
+    if stage.job == "train" and "preprocess" not in upstream:
+        after = [s.name for s in later if s.job == "preprocess"]
+        if after:
+            raise ValueError(f"stages: {after[0]} must come before {stage.name}")
+        raise ValueError(f"stages: {stage.name} reads the preprocess job's output; list preprocess before it")
+    if stage.job == "evaluate":
+        for m in section.models:
+            if m.kind != "base" and m.adapter is None and "train" not in upstream:
+                raise ValueError(
+                    f"{at}evaluate.models[{m.label}]: no adapter given and no train job before {stage.name}; "
+                    "set evaluate.models[].adapter or list train before evaluate"
+                )
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 
 if TYPE_CHECKING:
@@ -48,10 +48,11 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
-def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path:
+def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, upstream: Mapping[str, Path] | None = None) -> Path:
+    """One shard; the models under test without an adapter path use the upstream train stage's."""
     from kazhpc.evaluation.sharding import run_part as evaluate_part
 
-    return evaluate_part(cfg, job_dir, index, count)
+    return evaluate_part(cfg, job_dir, index, count, (upstream or {}).get("train"))
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
@@ -61,7 +62,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     cfg = ctx.cfg
     count = cfg.evaluate.shards
-    results = run_parts_then_merge("evaluate", ctx.job_dir, count, lambda i: evaluate_part(cfg, ctx.job_dir, i, count),
+    train_dir = ctx.upstream_dir("train")
+    results = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count, lambda i: evaluate_part(cfg, ctx.job_dir, i, count, train_dir),
                                    lambda: merge(cfg, ctx.job_dir, count), ctx.inputs)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
@@ -102,7 +104,7 @@ def _generations(ctx: JobContext) -> str | None:
     prompts = read_prompts(Path(cfg.evaluate.generation_prompts))
     generators = {}
     for model_cfg in cfg.evaluate.models:
-        model, tokenizer = load_for_eval(cfg, model_cfg, ctx.run_dir)
+        model, tokenizer = load_for_eval(cfg, model_cfg, ctx.upstream_dir("train"))
         generators[model_cfg.label] = greedy_generator(model, tokenizer, max_new_tokens=cfg.evaluate.generation_max_new_tokens, batch_size=cfg.evaluate.batch_size,
                                                      special_tokens=cfg.evaluate.special_tokens)
     path = side_by_side(generators, prompts, ctx.job_dir / "generations.html")

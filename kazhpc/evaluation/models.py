@@ -25,15 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def adapter_dir(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> Path | None:
-    """The adapter a model uses: its own path, else the train job's output in this run."""
+def adapter_dir(cfg: PipelineConfig, model: EvalModelConfig, train_dir: Path | None) -> Path | None:
+    """The adapter a model uses: its own path, else the adapter of the train stage this evaluation
+    reads (``train_dir``, that stage's folder)."""
     if model.kind == "base":
         return None
     if model.adapter is not None:
         return Path(model.adapter)
-    if run_dir is None:
-        raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no run directory")
-    return run_dir / "train" / "adapter"
+    if train_dir is None:
+        raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no train stage before this evaluation")
+    return train_dir / "adapter"
 
 
 def check_adapter(path: Path, label: str) -> None:
@@ -44,13 +45,14 @@ def check_adapter(path: Path, label: str) -> None:
         )
 
 
-def base_for_adapter(cfg: PipelineConfig, path: Path, run_dir: Path | None) -> Any:
-    """The model an adapter was trained on: this run's train job may have fine-tuned the
-    extend-vocab job's model (its manifest's ``base_model``), not the configured one."""
+def base_for_adapter(cfg: PipelineConfig, path: Path) -> Any:
+    """The model an adapter was trained on: a kazhpc train stage may have fine-tuned the
+    extend-vocab stage's model (the ``base_model`` of the manifest beside its adapter folder), not
+    the configured one."""
     import json
 
-    manifest = None if run_dir is None else run_dir / "train" / "manifest.json"
-    if manifest is None or not manifest.is_file() or path.resolve() != (run_dir / "train" / "adapter").resolve():
+    manifest = path.parent / "manifest.json"
+    if path.name != "adapter" or not manifest.is_file():
         return cfg.model
     source = json.loads(manifest.read_text(encoding="utf-8")).get("base_model") or cfg.model.source
     return cfg.model if source == cfg.model.source else cfg.model.model_copy(update={"source": source})
@@ -69,12 +71,12 @@ def eval_tokenizer(model_cfg: Any, cache_root: Path) -> Any:
     return _tokenizer(model_cfg.source, model_cfg.revision, model_cfg.chat_template, Path(cache_root))
 
 
-def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | None) -> tuple[Any, Any]:
+def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, train_dir: Path | None) -> tuple[Any, Any]:
     """(model, tokenizer) for one model under test, in eval mode on the CPU or the first GPU."""
     import torch
 
-    path = adapter_dir(cfg, model, run_dir)
-    model_cfg = cfg.model if path is None else base_for_adapter(cfg, path, run_dir)
+    path = adapter_dir(cfg, model, train_dir)
+    model_cfg = cfg.model if path is None else base_for_adapter(cfg, path)
     tokenizer = eval_tokenizer(model_cfg, cfg.cache_root)
     base = load_model(model_cfg, cfg.cache_root)
     if torch.cuda.is_available():
@@ -90,17 +92,17 @@ def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, run_dir: Path | N
     return adapted.eval(), tokenizer
 
 
-def model_sources_under_test(cfg: PipelineConfig, run_dir: Path | None) -> list[Any]:
+def model_sources_under_test(cfg: PipelineConfig, train_dir: Path | None) -> list[Any]:
     """The distinct model configs whose tokenizers the models under test use (an adapter's base may
     be the extend-vocab job's model); adapters not written yet count as the configured model."""
     found = {cfg.model.source: cfg.model}
     for model in cfg.evaluate.models:
         try:
-            path = adapter_dir(cfg, model, run_dir)
+            path = adapter_dir(cfg, model, train_dir)
         except KazhpcError:
             continue
         if path is not None:
-            base = base_for_adapter(cfg, path, run_dir)
+            base = base_for_adapter(cfg, path)
             found.setdefault(base.source, base)
     return list(found.values())
 

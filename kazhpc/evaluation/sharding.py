@@ -136,7 +136,7 @@ def special_text_documents(task: Any, n: int, specials: list[SpecialTexts]) -> l
 
 
 def prepare(
-    cfg: PipelineConfig, run_dir: Path | None = None
+    cfg: PipelineConfig, train_dir: Path | None = None
 ) -> tuple[Suite, dict[str, Any], list[list[Unit]], dict[str, list[dict[str, Any]]]]:
     """The suite, its lm-eval tasks (documents checked), the plan for ``evaluate.shards``, and by
     task the documents that spell a special token (with ``special_tokens: reject`` they weigh 0)."""
@@ -147,7 +147,7 @@ def prepare(
     tasks = load_tasks(suite.tasks)
     for spec in suite.tasks:
         check_documents(tasks[spec.name], spec)
-    specials = [special_texts(eval_tokenizer(m, cfg.cache_root)) for m in model_sources_under_test(cfg, run_dir)]
+    specials = [special_texts(eval_tokenizer(m, cfg.cache_root)) for m in model_sources_under_test(cfg, train_dir)]
     weights: dict[str, list[int]] = {}
     flagged: dict[str, list[dict[str, Any]]] = {}
     for spec in suite.tasks:
@@ -224,22 +224,22 @@ def evaluate_units(
     return {name: [per_document(tasks[name], ex) for ex in results["samples"][name]] for name in names}
 
 
-def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int) -> Path:
-    """Evaluate shard ``index`` of ``count`` for every model; part 0 also scores perplexity."""
+def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, train_dir: Path | None = None) -> Path:
+    """Evaluate shard ``index`` of ``count`` for every model (an adapter without a path: the one in
+    ``train_dir``, the folder of the train stage this evaluation reads); part 0 also scores perplexity."""
     from kazhpc.evaluation.models import checked_lm, load_for_eval
 
     check_part_count("evaluate", index, count, cfg.evaluate.shards)
     started = time.time()
     folder = start_part(job_dir, index, count)
-    run_dir = job_dir.parent
-    suite, tasks, plan, flagged = prepare(cfg, run_dir)
+    suite, tasks, plan, flagged = prepare(cfg, train_dir)
     info = plan_dict(plan, flagged, cfg.evaluate.special_tokens)
     (folder / "plan.json").write_text(json.dumps(info, indent=1))
     units = plan[index]
     skip = excluded_documents(info)
     checked: dict[str, int] = {}
     for model_cfg in cfg.evaluate.models:
-        model, tokenizer = load_for_eval(cfg, model_cfg, run_dir)
+        model, tokenizer = load_for_eval(cfg, model_cfg, train_dir)
         lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size, cfg.evaluate.special_tokens)
         for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
             write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)

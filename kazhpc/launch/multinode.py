@@ -43,8 +43,9 @@ def _word(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def accelerate_argv(cfg: PipelineConfig, run_dir: str, python: str = "python") -> list[str]:
-    """The per-node ``accelerate launch`` command (with $SLURM_NODEID etc. left to the node's shell)."""
+def accelerate_argv(cfg: PipelineConfig, run_dir: str, python: str = "python", stage: str = "train") -> list[str]:
+    """The per-node ``accelerate launch`` command (with $SLURM_NODEID etc. left to the node's shell)
+    for train stage ``stage``."""
     from kazhpc.train import distributed
 
     dist = cfg.train.distributed
@@ -66,7 +67,7 @@ def accelerate_argv(cfg: PipelineConfig, run_dir: str, python: str = "python") -
         if distributed.zero_stage(distributed.load_deepspeed(dist.deepspeed)) == 3:
             argv += ["--zero3_init_flag", "true"]
     argv += ["--dynamo_backend", "no", TRAIN_ENTRY, "--run-dir", str(run_dir)]
-    return argv
+    return argv + (["--stage", stage] if stage != "train" else [])
 
 
 def train_launch_script(
@@ -74,14 +75,15 @@ def train_launch_script(
     run_dir: str,
     python: str = "python",
     wrap: Callable[[list[str]], list[str]] | None = None,
+    stage: str = "train",
 ) -> str:
-    """Bash lines that start the train job on every node of the current SLURM allocation.
+    """Bash lines that start train stage ``stage`` on every node of the current SLURM allocation.
 
     ``wrap`` turns the per-node command into what really runs (e.g. a container exec in front).
     """
     dist = cfg.train.distributed
     ds = f", DeepSpeed {dist.deepspeed}" if dist.deepspeed else ", DDP" if dist.world_size > 1 else ""
-    argv = accelerate_argv(cfg, run_dir, python)
+    argv = accelerate_argv(cfg, run_dir, python, stage)
     if wrap is not None:
         argv = wrap(argv)
     # The launcher ignores the preemption signal (SLURM sends it to every process of the step, and
@@ -131,8 +133,8 @@ def check_allocation(cfg: PipelineConfig, env: dict[str, str] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kazhpc.launch.multinode --run-dir RUN``: print the launch lines for RUN's config
-    (what slurm/train.sbatch evaluates), after checking the allocation."""
+    """``python -m kazhpc.launch.multinode --run-dir RUN [--stage S]``: print the launch lines for
+    RUN's train stage (what slurm/train.sbatch evaluates), after checking the allocation."""
     from kazhpc.console import report_errors
     from kazhpc.runner import open_run_dir
 
@@ -140,12 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--python", default="python", help="the Python that has kazhpc on every node")
     parser.add_argument("--no-check", action="store_true", help="do not compare with $SLURM_JOB_NUM_NODES")
+    parser.add_argument("--stage", help="the train stage (default: the one train stage)")
     args = parser.parse_args(argv)
     with report_errors():
-        cfg = open_run_dir(args.run_dir)
+        from kazhpc.runner import stage_of_job
+
+        full = open_run_dir(args.run_dir)
+        stage = stage_of_job(full, "train", args.stage)
+        cfg = full.for_stage(stage)
         if not args.no_check:
             check_allocation(cfg)
-        sys.stdout.write(train_launch_script(cfg, str(args.run_dir.absolute()), python=args.python))
+        sys.stdout.write(train_launch_script(cfg, str(args.run_dir.absolute()), python=args.python, stage=stage))
     return 0
 
 

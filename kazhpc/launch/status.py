@@ -97,6 +97,7 @@ def step_states(run_dir: Path, cancel_never_satisfied: bool = True) -> list[Step
     run_state = read_state(run_dir)
     result = []
     for step in latest_steps(submission).values():
+        stage = stage_of(step)
         slurm = slurm_states(step["slurm_id"])
         since = step["attempt_time"]
         if step["array"]:
@@ -104,16 +105,16 @@ def step_states(run_dir: Path, cancel_never_satisfied: bool = True) -> list[Step
             tasks = {}
             for i, task in enumerate(step["tasks"]):
                 found = slurm.get(task)
-                recorded = _recorded(run_state, f"{step['job']}[{i}/{n}]", since)
+                recorded = _recorded(run_state, f"{stage}[{i}/{n}]", since)
                 tasks[task] = found[0] if found else _from_record(recorded)
             reasons = [r for s, r in slurm.values()]
         else:
             found = slurm.get(step["slurm_id"])
-            recorded = _recorded(run_state, step["job"], since)
+            recorded = _recorded(run_state, stage, since)
             tasks = {step["slurm_id"]: found[0] if found else _from_record(recorded)}
             reasons = [found[1]] if found else []
         reason = next((r for r in reasons if r and r != "None"), "")
-        record = _recorded(run_state, step["job"], since) or {}
+        record = _recorded(run_state, stage, since) or {}
         item = StepState(step["name"], step["job"], step["slurm_id"], _overall(list(tasks.values())), step["logs"],
                          step["job_log"], tasks, reason, record.get("error", ""))
         _record_kills(run_dir, step, tasks, run_state)
@@ -125,17 +126,24 @@ def step_states(run_dir: Path, cancel_never_satisfied: bool = True) -> list[Step
     return result
 
 
+def stage_of(step: dict[str, Any]) -> str:
+    """The stage a submitted step ran (its run.json key); records from before named stages give
+    only the job, which was the stage's name then."""
+    return step.get("stage") or step["job"]
+
+
 def _record_kills(run_dir: Path, step: dict[str, Any], tasks: dict[str, str], run_state: dict[str, Any]) -> None:
     """A job SLURM ended (scancel, timeout, out of memory) never wrote its own end: write it for it in
     run.json, and end its MLflow child run as KILLED, so neither says RUNNING forever."""
     from kazhpc.runner import set_job_state
 
-    keys = [f"{step['job']}[{i}/{step['array']}]" for i in range(step["array"])] if step["array"] else [step["job"]]
+    stage = stage_of(step)
+    keys = [f"{stage}[{i}/{step['array']}]" for i in range(step["array"])] if step["array"] else [stage]
     for key, (task, state) in zip(keys, tasks.items()):
         recorded = _recorded(run_state, key, step["attempt_time"])
         if state in FAILED_STATES - {"FAILED", "LOST"} and recorded and recorded.get("status") == "RUNNING":
             set_job_state(run_dir, key, status=state, error=f"SLURM job {task} ended {state}")
-            _end_runs(run_dir, None if step["array"] else step["job"])
+            _end_runs(run_dir, None if step["array"] else stage)
 
 
 def _end_runs(run_dir: Path, job: str | None) -> None:
@@ -221,7 +229,7 @@ def local_states(run_dir: Path) -> list[StepState]:
     cfg = open_run_dir(run_dir)
     jobs = read_state(run_dir).get("jobs", {})
     result = []
-    for name in cfg.jobs:
+    for name in cfg.stage_names:
         record = jobs.get(name, {})
         state = record.get("status", "NOT RUN")
         if state == "RUNNING" and record.get("host") == socket.gethostname() and record.get("pid"):
@@ -232,7 +240,7 @@ def local_states(run_dir: Path) -> list[StepState]:
             except PermissionError:
                 pass
         seconds = f"{record['finished'] - record['started']:.0f} s" if "finished" in record and "started" in record else ""
-        result.append(StepState(name, name, "", state, [], str(run_dir / name / "job.log"), reason=seconds,
+        result.append(StepState(name, cfg.stage(name).job, "", state, [], str(run_dir / name / "job.log"), reason=seconds,
                                 error=record.get("error", "")))
     return result
 

@@ -1,9 +1,10 @@
-"""From a pipeline config and a cluster profile to SLURM steps: resources, setup and command per job.
+"""From a pipeline config and a cluster profile to SLURM steps: resources, setup and command per stage.
 
 This is the one place that decides what each SLURM job asks for and runs. ``kazhpc submit`` hands
 the steps to submitit and ``kazhpc render`` writes them as sbatch scripts, so both always agree.
-A job whose spec has ``part`` and whose config asks for n > 1 shards becomes two steps: an array of
-n parts, then the job itself (its merge), which waits for every part.
+Each stage is one step (resources from the cluster profile's entry for its job type), run after the
+stage before it. A stage whose job type splits and whose section asks for n > 1 shards becomes two
+steps: an array of n parts, then the stage itself (its merge), which waits for every part.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ _DOCKER_PASS = ("RUN_DIR", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TA
 class Step:
     """One SLURM job (or job array) of a submission."""
 
-    name: str  # e.g. 'preprocess-parts', 'preprocess', 'train'
-    job: str  # the pipeline job it runs
+    name: str  # e.g. 'preprocess-parts', 'preprocess', 'train-sft'
+    job: str  # the job type of the stage it runs
     params: dict[str, Any]  # sbatch options, spelled as submitit's slurm parameters
     setup: list[str]  # shell lines before the command: modules, environment
     command: list[str]  # shell lines that run the job; they read $RUN_DIR
@@ -49,6 +50,12 @@ class Step:
     #: One-line warnings about this step's request ('file:line: jobs.train.gpus: ...'); render
     #: writes them into the script, and the callers of slurm_steps() show them (step_warnings).
     warnings: list[str] = field(default_factory=list)
+    #: The stage it runs: its folder in the run directory and its key in run.json.
+    stage: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.stage:
+            object.__setattr__(self, "stage", self.job)
 
     def sbatch_options(self) -> dict[str, Any]:
         """Every option of the step's #SBATCH lines, as submitit and `kazhpc render` both write them."""
@@ -186,12 +193,12 @@ def _sbatch_params(cluster: ClusterConfig, name: str, res: JobResources, nodes: 
     return params
 
 
-def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | None = None) -> list[Step]:
-    """The SLURM steps that run ``jobs`` (default: all of the config's) in order, each after the last.
+def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] | None = None) -> list[Step]:
+    """The SLURM steps that run ``stages`` (default: all of the config's) in order, each after the last.
 
     Raises ConfigError for anything the cluster cannot do, before anything is submitted.
     """
-    selected = jobs if jobs is not None else list(cfg.jobs)
+    selected = stages if stages is not None else cfg.stage_names
     image_dir = cluster.container.workdir
     if cluster.container.runtime != "none":
         missing = unbound_paths(cfg, binds_for(cfg, cluster), image_dir)
@@ -208,42 +215,45 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, jobs: list[str] | N
     host_dir = host_workdir(cluster)
     steps: list[Step] = []
     previous: tuple[str, ...] = ()
-    for job in selected:
+    for stage in selected:
+        job = cfg.stage(stage).job
+        view = cfg.for_stage(stage)  # the stage's own section (shards, train.distributed, ...)
         spec = job_type(job)
         res = cluster.resources(job)
-        gpus, warning = gpus_used(cfg, cluster, job)
+        gpus, warning = gpus_used(view, cluster, job)
         warnings = [warning] if warning else []
-        run = [python, spec.script, "--run-dir", f'"${RUN_DIR_VAR}"']
-        n = shards_of(cfg, job)
+        # A stage named as its job type is the one jobs/<job>.py runs by default.
+        run = [python, spec.script, "--run-dir", f'"${RUN_DIR_VAR}"', *(["--stage", stage] if stage != job else [])]
+        n = shards_of(view, job)
         if n > 1 and spec.splits:
             prefix = container_prefix(cfg, cluster, gpus)
             part = Step(
-                name=f"{job}-parts", job=job, params=_sbatch_params(cluster, f"{job}-parts", res, gpus=gpus),
+                name=f"{stage}-parts", job=job, stage=stage, params=_sbatch_params(cluster, f"{stage}-parts", res, gpus=gpus),
                 setup=setup_lines(cluster), array=n, after=previous, warnings=warnings,
                 command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'])],
             )
             merge_res = res.model_copy(update={"gpus": 0})
             merge = Step(
-                name=job, job=job, params=_sbatch_params(cluster, job, merge_res), setup=setup_lines(cluster),
+                name=stage, job=job, stage=stage, params=_sbatch_params(cluster, stage, merge_res), setup=setup_lines(cluster),
                 after=(part.name,),
                 command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
             )
             steps += [part, merge]
-        elif spec.distributed and cfg.train.distributed.world_size > 1:
-            steps.append(_distributed_train(cfg, cluster, res, python, host_dir, previous, warnings))
+        elif spec.distributed and view.train.distributed.world_size > 1:
+            steps.append(_distributed_train(view, stage, cluster, res, python, host_dir, previous, warnings))
         else:
             steps.append(Step(
-                name=job, job=job, params=_sbatch_params(cluster, job, res, gpus=gpus), setup=setup_lines(cluster),
+                name=stage, job=job, stage=stage, params=_sbatch_params(cluster, stage, res, gpus=gpus), setup=setup_lines(cluster),
                 after=previous, warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
-                **(_preemption(cfg) if spec.preemptible else {}),
+                **(_preemption(view) if spec.preemptible else {}),
             ))
         previous = (steps[-1].name,)
     return steps
 
 
 def _distributed_train(
-    cfg: PipelineConfig, cluster: ClusterConfig, res: JobResources, python: str, host_dir: str, after: tuple[str, ...],
-    warnings: list[str],
+    cfg: PipelineConfig, stage: str, cluster: ClusterConfig, res: JobResources, python: str, host_dir: str,
+    after: tuple[str, ...], warnings: list[str],
 ) -> Step:
     """Multi-GPU / multi-node training: TRAIN-DIST's launch script (srun + accelerate launch) as the body."""
     dist = cfg.train.distributed
@@ -254,15 +264,16 @@ def _distributed_train(
         )
     launch_script, launch_resources = distributed_launch_hook()
     prefix = container_prefix(cfg, cluster, dist.gpus_per_node)
-    body = launch_script(cfg, f"${RUN_DIR_VAR}", python=python, wrap=(lambda argv: [*prefix, *argv]) if prefix else None)
-    params = _sbatch_params(cluster, "train", res, nodes=dist.nodes, gpus=dist.gpus_per_node)
+    body = launch_script(cfg, f"${RUN_DIR_VAR}", python=python, wrap=(lambda argv: [*prefix, *argv]) if prefix else None,
+                         stage=stage)
+    params = _sbatch_params(cluster, stage, res, nodes=dist.nodes, gpus=dist.gpus_per_node)
     # Nodes and tasks as the launch expects them; CPUs and the GPU type as the profile says.
     for key, value in launch_resources(cfg).items():
         key = key.replace("-", "_")
         if key not in ("cpus_per_task", "gpus_per_node"):
             params[key] = value
     return Step(
-        name="train", job="train", params=params, setup=setup_lines(cluster), after=after, use_srun=False,
+        name=stage, job="train", stage=stage, params=params, setup=setup_lines(cluster), after=after, use_srun=False,
         warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", *body.strip().splitlines()],
         notes=[f"{dist.nodes} node(s) x {dist.gpus_per_node} GPU(s): launched by kazhpc.launch.multinode"],
         **_preemption(cfg),
@@ -309,7 +320,8 @@ def render_script(step: Step, log_dir: Path) -> str:
     params["output"] = str(log_dir / ("%x-%A_%a.out" if step.array else "%x-%j.out"))
     if step.array:
         params["array"] = f"0-{step.array - 1}"
-    lines = ["#!/bin/bash", f"# kazhpc step '{step.name}' (job {step.job})"
+    what = f"job {step.job}" if step.stage == step.job else f"stage {step.stage}, job {step.job}"
+    lines = ["#!/bin/bash", f"# kazhpc step '{step.name}' ({what})"
              + (f", {step.array} array tasks" if step.array else "")
              + (f"; after {', '.join(step.after)} (submit.sh adds --dependency=afterok)" if step.after else "")]
     lines += [sbatch_flag(k, params[k]) for k in sorted(params)]

@@ -119,19 +119,20 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def finished_jobs(cfg: PipelineConfig, run_dir: Path) -> list[str]:
-    """Jobs whose outputs can be reused: COMPLETED in run.json from exactly today's inputs (the
-    config, its files, the upstream jobs: kazhpc.runner.up_to_date)."""
+    """Stages whose outputs can be reused: COMPLETED in run.json from exactly today's inputs (the
+    section, its files, the upstream stages: kazhpc.runner.up_to_date)."""
     from kazhpc.runner import up_to_date
 
-    return [job for job in cfg.jobs if up_to_date(cfg, run_dir, job)[0]]
+    return [stage for stage in cfg.stage_names if up_to_date(cfg, run_dir, stage)[0]]
 
 
 def jobs_to_resume(cfg: PipelineConfig, run_dir: Path) -> list[str]:
-    """From the first unfinished job on (later jobs read its outputs, so they run again too)."""
+    """From the first unfinished stage on (later stages may read its outputs, so they run again too)."""
     done = finished_jobs(cfg, run_dir)
-    for index, job in enumerate(cfg.jobs):
-        if job not in done:
-            return list(cfg.jobs[index:])
+    names = cfg.stage_names
+    for index, stage in enumerate(names):
+        if stage not in done:
+            return names[index:]
     return []
 
 
@@ -172,10 +173,10 @@ def submit(
         jobs = jobs_to_resume(cfg, run_dir)
         if not jobs:
             raise KazhpcError(f"{run_dir}: every job has finished; nothing to resume")
-        skipped = [j for j in cfg.jobs if j not in jobs]
+        skipped = [j for j in cfg.stage_names if j not in jobs]
         log.info("resuming %s from %s (reusing %s)", run_dir, jobs[0], ", ".join(skipped) or "nothing")
     else:
-        jobs = list(cfg.jobs)
+        jobs = cfg.stage_names
     steps = slurm_steps(cfg, cluster, jobs)  # every resource check, before a run directory or a job exists
     for warning in step_warnings(steps):
         log.warning(warning)
@@ -239,7 +240,7 @@ def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[
             slurm_use_srun=step.use_srun,
             **{f"slurm_{key}": value for key, value in step.params.items()},
         )
-        function = ShellStep(step.name, step.command, str(run_dir), step.job, step.preemption_signal)
+        function = ShellStep(step.name, step.command, str(run_dir), step.stage, step.preemption_signal)
         try:
             if step.array:
                 jobs = executor.map_array(function, list(range(step.array)))
@@ -257,8 +258,8 @@ def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[
         ids[step.name] = slurm_id
         log.info("submitted %s as SLURM job %s%s", step.name, slurm_id, f" after {','.join(depends)}" if depends else "")
         submitted.append({
-            "name": step.name, "job": step.job, "slurm_id": slurm_id, "array": step.array, "tasks": tasks,
+            "name": step.name, "job": step.job, "stage": step.stage, "slurm_id": slurm_id, "array": step.array, "tasks": tasks,
             "after": list(step.after), "dependency": extra.get("dependency"), "logs": logs,
-            "job_log": str(run_dir / step.job / "job.log"),
+            "job_log": str(run_dir / step.stage / "job.log"),
         })
     return submitted

@@ -13,7 +13,7 @@ Outputs in the job folder: ``model/`` (the extended tokenizer and the resized mo
 Pipeline position: after ``tokenizers``, before ``preprocess``. Preprocess keeps the base
 tokenizer: it only counts tokens (for ``cleaning.max_tokens``) and the extension only merges base
 tokens, so an extended count is never larger: the base count is a safe upper bound. The train job
-tokenizes with the extended tokenizer (:func:`~kazhpc.train.qlora.extended_model_for_training`).
+tokenizes with the extended tokenizer (:func:`~kazhpc.train.stage_inputs.extended_model_for_training`).
 """
 
 from __future__ import annotations

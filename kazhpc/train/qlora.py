@@ -21,6 +21,7 @@ from kazhpc.errors import KazhpcError
 from kazhpc.train import distributed
 from kazhpc.train.guard import ensure_trainable, watch
 from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resume, last_checkpoint
+from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training, training_data
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -63,25 +64,6 @@ def load_for_training(cfg: PipelineConfig) -> Any:
     if bnb is not None:
         kwargs.update(quantization_config=bnb, **distributed.quantized_placement(cfg, _device()))
     return watch(load_model(cfg.model, cfg.cache_root, **kwargs))
-
-
-def training_data(ctx: JobContext) -> tuple[Any, Any | None]:
-    """The preprocess job's train and validation splits (the `messages` column only)."""
-    from datasets import load_dataset
-
-    manifest = ctx.manifest_of("preprocess")
-    folder = ctx.run_dir / "preprocess"
-    files = {"train": [], "validation": []}
-    for output in manifest["outputs"]:
-        split = output["path"].split("-", 1)[0]
-        files[split].append(str(folder / output["path"]))
-    if not files["train"] or manifest["counts"]["train_rows"] == 0:
-        raise KazhpcError(f"{folder}: the preprocess job produced no training rows")
-    train = load_dataset("parquet", data_files=files["train"], split="train").select_columns(["messages"])
-    validation = None
-    if files["validation"] and manifest["counts"]["validation_rows"]:
-        validation = load_dataset("parquet", data_files=files["validation"], split="train").select_columns(["messages"])
-    return train, validation
 
 
 def tracking_callback(tracking: JobRun) -> Any:
@@ -228,29 +210,6 @@ chat template it was trained with.
 """
 
 
-#: The job whose model and tokenizer train fine-tunes when it is in the pipeline.
-EXTEND_JOB = "extend-vocab"
-
-
-def extended_model_for_training(ctx: JobContext) -> tuple[PipelineConfig, list[int]]:
-    """The config the train job should use, and the token ids to train as whole rows.
-
-    When ``extend-vocab`` is among this run's jobs, the train job fine-tunes its saved model and
-    tokenizer (``<run>/extend-vocab/model``), with the new rows trainable; otherwise the config's
-    model, unchanged, and no extra rows.
-    """
-    cfg = ctx.cfg
-    if EXTEND_JOB not in cfg.jobs:
-        return cfg, []
-    manifest = ctx.manifest_of(EXTEND_JOB)
-    model_dir = ctx.run_dir / EXTEND_JOB / manifest["model"]["path"]
-    if not (model_dir / "config.json").is_file():
-        raise KazhpcError(f"{model_dir}: the extend-vocab job's model is missing")
-    first, count = manifest["tokenizer"]["first_new_id"], manifest["tokenizer"]["new_tokens"]
-    model = cfg.model.model_copy(update={"source": str(model_dir), "revision": None})
-    return cfg.model_copy(update={"model": model}), list(range(first, first + count))
-
-
 def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
@@ -277,8 +236,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.models import load_model, load_tokenizer
     from kazhpc.tokenization.extend_model import expose_tied_head_bias
 
-    # With extend-vocab in this run: its model and tokenizer (cfg.model.source points there).
+    # Reading an extend-vocab stage: its model and tokenizer (cfg.model.source points there);
+    # reading an earlier train stage: its adapter, trained further (kazhpc.train.stage_inputs).
     cfg, new_token_ids = extended_model_for_training(ctx)
+    continued = earlier_adapter(ctx, cfg.model.source)
     # Installed first: a preemption warning that arrives while the model loads is not lost.
     preemption = PreemptionHandler(cfg.train.preemption_signal).install()
     tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
@@ -288,12 +249,14 @@ def run(ctx: JobContext) -> dict[str, Any]:
     args = sft_config(cfg, checkpoints)
     model = load_for_training(cfg)
     ensure_trainable(model)
+    if continued is not None:
+        model = continue_adapter(model, continued)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         processing_class=tokenizer,
-        peft_config=lora_config(cfg, new_token_ids),
+        peft_config=lora_config(cfg, new_token_ids) if continued is None else None,
         callbacks=[tracking_callback(ctx.tracking), preemption.callback()],
     )
     if new_token_ids:
@@ -354,6 +317,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "validation_rows": len(validation) if validation is not None else 0,
         "steps": int(result.global_step),
         "resumed_from": str(resumed_from) if resumed_from else None,
+        "continued_from": str(continued) if continued else None,
         "train_loss": float(result.training_loss),
         "loss_check": {"rows": len(rows), "base": base_loss, "adapter": adapter_loss},
         "device": _device(),
