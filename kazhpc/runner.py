@@ -159,14 +159,14 @@ def run_pipeline(
             elif joined.get(name, {}).get("status") == "COMPLETED" and not only:
                 current, said = up_to_date(cfg, run_dir, name)
                 if current:
-                    log.info("stage %s: completed earlier from the same inputs: reused", name)
+                    log.info("job %s: completed earlier from the same inputs: reused", name)
                     continue
-                log.warning("stage %s: completed earlier, but %s: running it again", name, "; ".join(said))
+                log.warning("job %s: completed earlier, but %s: running it again", name, "; ".join(said))
             run_job(cfg, run_dir, tracker, name, tags)
     except KeyboardInterrupt:
         status = "KILLED"
         stopped = [n for n, s in read_state(run_dir).get("jobs", {}).items() if s.get("status") == "INTERRUPTED"]
-        what = f"stage {stopped[-1]} of {run_dir}" if stopped else str(run_dir)
+        what = f"job {stopped[-1]} of {run_dir}" if stopped else str(run_dir)
         again = "".join(f" --only {n}" for n in only or [])
         raise Interrupted(f"interrupted: {what}; resume with: kazhpc run --run-dir {run_dir}{again}") from None
     except BaseException:
@@ -203,7 +203,7 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     tracking.log_artifact(run_dir / "config.yaml")
     set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                    pid=os.getpid(), host=socket.gethostname())
-    log.info("stage %s (%s): started in %s", name, kind, job_dir)
+    log.info("job %s%s: started in %s", name, "" if kind == name else f" ({kind})", job_dir)
     started = time.time()
     try:
         transformers.set_seed(cfg.seed)
@@ -214,7 +214,7 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         tracking.log_artifact(job_dir / "manifest.json")
         tracking.finish("FINISHED")
         set_job_state(run_dir, name, status="COMPLETED", finished=time.time())
-        log.info("stage %s: completed in %.1f s", name, time.time() - started)
+        log.info("job %s: completed in %.1f s", name, time.time() - started)
         return manifest
     except BaseException as exc:
         preempted = isinstance(exc, Preempted)  # saved a checkpoint and asked to be requeued

@@ -18,7 +18,8 @@ the dotted key path, and for a misspelt key the closest valid one.
 The modules, lowest first (each imports only those before it): ``paths`` (the ``Strict`` base and
 path resolution), ``messages`` (origins, ``suggest``, the validation-error describer), one schema
 module per section (``model``, ``tracking``, ``preprocess``, ``tokenizers``, ``train``,
-``evaluate``), ``pipeline`` (the sections composed, the job list, the cross-field checks) and
+``evaluate``), ``stages`` (named stages, what each reads), ``pipeline`` (the sections composed, the
+checks across stages) and
 ``loading`` (the YAML include/override engine and ``load_config``). Import from here.
 """
 
@@ -27,7 +28,8 @@ from kazhpc.config.loading import FRAGMENT_DIRS, find_configs_root, load_config,
 from kazhpc.config.messages import ConfigDoc, Origin, describe_validation_error, suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
 from kazhpc.config.paths import NAME_PATTERN, PATH_PREFIXES, Dtype, Strict, absolute_path
-from kazhpc.config.pipeline import JOB_NAMES, PipelineConfig, default_cache_root, dump_yaml, flatten
+from kazhpc.config.pipeline import PipelineConfig, default_cache_root, dump_yaml, flatten
+from kazhpc.config.stages import JOB_NAMES, StageConfig
 from kazhpc.config.preprocess import (
     SHORT_ANSWER_KINDS,
     SOURCE_LANGUAGES,
@@ -73,6 +75,7 @@ __all__ = [
     "SourceConfig",
     "SourceKind",
     "SpecialTokenHandling",
+    "StageConfig",
     "Strict",
     "TokenizerLanguage",
     "TokenizersConfig",

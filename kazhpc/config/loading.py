@@ -172,15 +172,33 @@ def _apply_override(doc: ConfigDoc, override: str) -> None:
         for p in [k for k in doc.origins if k[:1] == path]:
             del doc.origins[p]
         doc.origins.update(sub.origins)
-    node = doc.data
-    for i, part in enumerate(path[:-1]):
-        if not isinstance(node.get(part), dict):
+    node: dict[str, Any] = doc.data
+    i = 0
+    while i < len(path) - 1:
+        part = path[i]
+        here = node.get(part)
+        if isinstance(here, list) and i + 1 < len(path) - 1:
+            # A list of named items (the stages): `stages.train-2.with.max_steps=2` names one.
+            node = _named_item(here, path[i + 1], origin, ".".join(path[: i + 1]))
+            i += 2
+            continue
+        if not isinstance(here, dict):
             if part in node:
                 raise ConfigError(f"{origin}: {'.'.join(path[: i + 1])} is not a section")
             node[part] = {}
         node = node[part]
+        i += 1
     node[path[-1]] = value
     doc.origins[path] = origin
+
+
+def _named_item(items: list[Any], name: str, origin: Origin, where: str) -> dict[str, Any]:
+    """The mapping in ``items`` whose ``name`` is ``name`` (an override's way into a list)."""
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == name:
+            return item
+    names = [str(item.get("name")) for item in items if isinstance(item, dict) and "name" in item]
+    raise ConfigError(f"{origin}: {where}: no item named '{name}'{suggest(name, names)}; named: {', '.join(names) or 'none'}")
 
 
 def _leaves(data: dict[str, Any], prefix: tuple[str, ...]) -> set[tuple[str, ...]]:

@@ -20,7 +20,7 @@ from kazhpc.config.preprocess import PreprocessConfig
 from kazhpc.config.tokenizers import ExtendVocabConfig, TokenizersConfig
 from kazhpc.config.tracking import TrackingConfig
 from kazhpc.config.train import TrainConfig
-from kazhpc.config.stages import JOB_NAMES, StageConfig, merge_section, stages_from_jobs, upstream_stages
+from kazhpc.config.stages import StageConfig, merge_section, stages_from_jobs, upstream_stages
 from kazhpc.errors import KazhpcError
 
 

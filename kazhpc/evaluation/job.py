@@ -56,6 +56,7 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, upstrea
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
+    from kazhpc.evaluation.models import adapter_dir
     from kazhpc.evaluation.sharding import merge, run_part as evaluate_part
     from kazhpc.partfiles import done_records
     from kazhpc.parts import run_parts_then_merge
@@ -75,6 +76,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     parts = done_records(ctx.job_dir, count)
     return {
         "results": str(results_file),
+        # Which adapter each model under test was (lineage: the train stage's, or a given path).
+        "adapters": {m.label: (str(path) if (path := adapter_dir(cfg, m, train_dir)) else None) for m in cfg.evaluate.models},
         "shards": count,
         "requests_per_shard": [p["requests"] for p in parts],
         "bos_checked": {label: sum(p["bos_checked"].get(label, 0) for p in parts) for label in parts[0]["bos_checked"]},
