@@ -64,10 +64,11 @@ def check_parts_done(job: str, job_dir: Path, count: int) -> None:
     missing = missing_parts(job_dir, count)
     if missing:
         run_dir = job_dir.parent
+        stage = "" if job_dir.name == job else f" --stage {job_dir.name}"  # a stage not named as its job type
         raise KazhpcError(
             f"{job}: {len(missing)} of {count} shards missing or failed: {', '.join(str(i) for i in missing)}; "
-            f"rerun one alone with `kazhpc {job} --run-dir {run_dir} --shard {missing[0]}/{count}`, then merge "
-            f"with `kazhpc {job} --run-dir {run_dir}`"
+            f"rerun one alone with `kazhpc {job} --run-dir {run_dir}{stage} --shard {missing[0]}/{count}`, then merge "
+            f"with `kazhpc {job} --run-dir {run_dir}{stage}`"
         )
 
 

@@ -5,7 +5,8 @@ and the checks that the config schema's job names and sections agree (tests/test
 An entry is plain data (like torchtune's recipe registry): the job adapter's module is imported
 only when the job runs or is checked, so ``kazhpc --help`` needs no torch. An adapter module
 defines ``preflight(cfg) -> warnings`` (checks that need no GPU), ``run(ctx) -> manifest``, and,
-when the job splits into parts, ``run_part(cfg, job_dir, index, count) -> part folder``; it may
+when the job splits into parts, ``run_part(cfg, job_dir, index, count, upstream) -> part folder``
+(``upstream``: job type -> the folder of the earlier stage it reads); it may
 define ``extra_inputs(cfg) -> files`` (inputs its config section does not name). The entry says
 what the job's command prints when it ends (``table``, ``result``).
 

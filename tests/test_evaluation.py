@@ -208,7 +208,7 @@ def test_a_missing_shard_is_named_with_the_command_that_reruns_it(tmp_path: Path
     (folder / DONE).write_text("{}")
     with pytest.raises(KazhpcError, match=r"2 of 3 shards missing or failed: 0, 2; rerun one alone with "
                                           r"`kazhpc evaluate --run-dir .*run --shard 0/3`"):
-        merge(cfg, job_dir, 3)
+        merge(cfg.evaluate, job_dir, 3)
 
 
 def test_the_unt_column_pools_its_subjects_documents() -> None:

@@ -43,7 +43,8 @@ def config(tmp: Path, model_cache: Path, shards: int):
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict:
-    from kazhpc.evaluation.sharding import merge, run_part
+    from kazhpc.evaluation.job import run_part
+    from kazhpc.evaluation.sharding import merge
 
     tmp = tmp_path_factory.mktemp("shards")
     out = {}
@@ -52,7 +53,7 @@ def merged(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict:
         job_dir = tmp / f"run-{count}" / "evaluate"
         for index in range(count):
             run_part(cfg, job_dir, index, count)
-        results = merge(cfg, job_dir, count)
+        results = merge(cfg.evaluate, job_dir, count)
         (job_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
         out[count] = {"cfg": cfg, "job_dir": job_dir, "results": results}
     return out
@@ -81,13 +82,14 @@ def test_merged_scores_are_lm_evals_own_unsharded_scores(merged: dict, model_cac
     """The reference: lm-eval's evaluate on the whole (limited) tasks in one go, nothing of kazhpc's merge."""
     from lm_eval.evaluator import evaluate
 
+    from kazhpc.evaluation.job import models_under_test
     from kazhpc.evaluation.models import checked_lm, load_for_eval
     from kazhpc.evaluation.suite import load_tasks, resolve
 
     cfg = merged[1]["cfg"]
     suite = resolve(cfg.evaluate)
     tasks = load_tasks([s for s in suite.tasks if s.name != "kk_en"])
-    model, tokenizer = load_for_eval(cfg, cfg.evaluate.models[0], None)
+    model, tokenizer = load_for_eval(models_under_test(cfg, None)[0], cfg.cache_root)
     lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size)
     reference = evaluate(lm, {"tasks": tasks, "groups": {}}, limit=LIMIT, bootstrap_iters=cfg.evaluate.bootstrap_iters)
     assert lm.bos_checked > 0

@@ -152,7 +152,8 @@ def test_an_injected_generation_prompt_is_skipped_and_counted(evaluated: Path) -
 
 def test_exclusion_is_exact_across_shards_and_neutralise_scores_every_item(tmp_path: Path, model_cache: Path) -> None:
     from kazhpc.config import load_config
-    from kazhpc.evaluation.sharding import merge, run_part
+    from kazhpc.evaluation.job import run_part
+    from kazhpc.evaluation.sharding import merge
 
     merged = {}
     for shards, handling in ((1, "reject"), (2, "reject"), (1, "neutralise")):
@@ -160,7 +161,7 @@ def test_exclusion_is_exact_across_shards_and_neutralise_scores_every_item(tmp_p
         job_dir = tmp_path / f"run-{shards}-{handling}" / "evaluate"
         for index in range(shards):
             run_part(cfg, job_dir, index, shards)
-        merged[shards, handling] = (merge(cfg, job_dir, shards), job_dir)
+        merged[shards, handling] = (merge(cfg.evaluate, job_dir, shards), job_dir)
     (one, one_dir), (two, two_dir) = merged[1, "reject"], merged[2, "reject"]
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
     assert (one_dir / "samples" / "base" / "items.jsonl").read_bytes() == (two_dir / "samples" / "base" / "items.jsonl").read_bytes()
@@ -181,13 +182,15 @@ def test_special_text_that_reaches_the_model_unscreened_is_a_formatting_error(tm
     carries a second control token and CheckedHFLM refuses it before scoring."""
     from kazhpc.config import load_config
     from kazhpc.errors import FormattingError
+    from kazhpc.evaluation.job import models_under_test
     from kazhpc.evaluation.models import checked_lm, load_for_eval
     from kazhpc.evaluation.sharding import evaluate_units, prepare
 
     cfg = load_config(evaluate_config(tmp_path, model_cache))
-    _, tasks, plan, flagged = prepare(cfg)
+    models = models_under_test(cfg, None)
+    _, tasks, plan, flagged = prepare(cfg.evaluate, cfg.cache_root, models)
     assert flagged == {"items": [{"doc_id": 1, "field": "prompt", "token": "<eos>"}]}
-    model, tokenizer = load_for_eval(cfg, cfg.evaluate.models[0], None)
+    model, tokenizer = load_for_eval(models[0], cfg.cache_root)
     lm = checked_lm(model, tokenizer, 1, "reject")
     with pytest.raises(FormattingError, match=r"unexpected control tokens .*: <eos> x1"):
         evaluate_units(lm, tasks, plan[0])  # no skip=

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 
+from kazhpc.errors import KazhpcError, read_json_file
+
 if TYPE_CHECKING:
-    from kazhpc.config import PipelineConfig
+    from kazhpc.config import ModelConfig, PipelineConfig
+    from kazhpc.evaluation.models import ModelUnderTest
     from kazhpc.jobspec import JobContext
 
 log = logging.getLogger(__name__)
@@ -48,36 +51,69 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
+def models_under_test(cfg: PipelineConfig, train_dir: Path | None) -> list[ModelUnderTest]:
+    """The configured models as the library loads them: an adapter without a path is the one of
+    the train stage this evaluation reads (``train_dir``), and an adapter a kazhpc train stage made
+    loads on the base that stage trained (its manifest's ``base_model``: the extend-vocab stage's
+    model, say), not necessarily the configured one."""
+    from kazhpc.evaluation.models import ModelUnderTest
+
+    models = []
+    for model in cfg.evaluate.models:
+        if model.kind == "base":
+            models.append(ModelUnderTest(model.label, model.kind, cfg.model))
+            continue
+        if model.adapter is not None:
+            path = Path(model.adapter)
+        elif train_dir is not None:
+            path = train_dir / "adapter"
+        else:
+            raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no train stage before this evaluation")
+        models.append(ModelUnderTest(model.label, model.kind, trained_base(cfg.model, path), path))
+    return models
+
+
+def trained_base(configured: ModelConfig, adapter: Path) -> ModelConfig:
+    """The base a kazhpc train stage's adapter was trained on (the manifest beside it), else the
+    configured model (an adapter from elsewhere, or one not written yet)."""
+    manifest = adapter.parent / "manifest.json"
+    if adapter.name != "adapter" or not manifest.is_file():
+        return configured
+    source = read_json_file(manifest, f"the {adapter.parent.name} stage's manifest").get("base_model") or configured.source
+    return configured if source == configured.source else configured.model_copy(update={"source": source, "revision": None})
+
+
 def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, upstream: Mapping[str, Path] | None = None) -> Path:
-    """One shard; the models under test without an adapter path use the upstream train stage's."""
+    """One shard (the models under test without an adapter path use the upstream train stage's)."""
     from kazhpc.evaluation.sharding import run_part as evaluate_part
 
-    return evaluate_part(cfg, job_dir, index, count, (upstream or {}).get("train"))
+    models = models_under_test(cfg, (upstream or {}).get("train"))
+    return evaluate_part(cfg.evaluate, cfg.cache_root, models, job_dir, index, count)
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
-    from kazhpc.evaluation.models import adapter_dir
     from kazhpc.evaluation.sharding import merge, run_part as evaluate_part
     from kazhpc.partfiles import done_records
     from kazhpc.parts import run_parts_then_merge
 
     cfg = ctx.cfg
     count = cfg.evaluate.shards
-    train_dir = ctx.upstream_dir("train")
-    results = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count, lambda i: evaluate_part(cfg, ctx.job_dir, i, count, train_dir),
-                                   lambda: merge(cfg, ctx.job_dir, count), ctx.inputs)
+    models = models_under_test(cfg, ctx.upstream_dir("train"))
+    results = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count,
+                                   lambda i: evaluate_part(cfg.evaluate, cfg.cache_root, models, ctx.job_dir, i, count),
+                                   lambda: merge(cfg.evaluate, ctx.job_dir, count), ctx.inputs)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     ctx.tracking.log_artifact(results_file)
     if (ctx.job_dir / "rejects.jsonl").is_file():  # documents left out for special-token text
         ctx.tracking.log_artifact(ctx.job_dir / "rejects.jsonl")
     report = _report(ctx, results)
-    generations = _generations(ctx)
+    generations = _generations(ctx, models)
     parts = done_records(ctx.job_dir, count)
     return {
         "results": str(results_file),
         # Which adapter each model under test was (lineage: the train stage's, or a given path).
-        "adapters": {m.label: (str(path) if (path := adapter_dir(cfg, m, train_dir)) else None) for m in cfg.evaluate.models},
+        "adapters": {m.label: str(m.adapter) if m.adapter else None for m in models},
         "shards": count,
         "requests_per_shard": [p["requests"] for p in parts],
         "bos_checked": {label: sum(p["bos_checked"].get(label, 0) for p in parts) for label in parts[0]["bos_checked"]},
@@ -96,7 +132,7 @@ def _report(ctx: JobContext, results: dict[str, Any]) -> dict[str, Any] | None:
     return write_report(ctx.job_dir, results, ctx.tracking)
 
 
-def _generations(ctx: JobContext) -> str | None:
+def _generations(ctx: JobContext, models: list[ModelUnderTest]) -> str | None:
     """Side-by-side answers of every model to the Kazakh prompt set (an HTML artifact)."""
     cfg = ctx.cfg
     if cfg.evaluate.generation_prompts is None:
@@ -106,8 +142,8 @@ def _generations(ctx: JobContext) -> str | None:
 
     prompts = read_prompts(Path(cfg.evaluate.generation_prompts))
     generators = {}
-    for model_cfg in cfg.evaluate.models:
-        model, tokenizer = load_for_eval(cfg, model_cfg, ctx.upstream_dir("train"))
+    for model_cfg in models:
+        model, tokenizer = load_for_eval(model_cfg, cfg.cache_root)
         generators[model_cfg.label] = greedy_generator(model, tokenizer, max_new_tokens=cfg.evaluate.generation_max_new_tokens, batch_size=cfg.evaluate.batch_size,
                                                      special_tokens=cfg.evaluate.special_tokens)
     path = side_by_side(generators, prompts, ctx.job_dir / "generations.html")

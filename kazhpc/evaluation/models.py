@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,42 +21,28 @@ from kazhpc.models import check_single_bos, load_model, load_tokenizer
 from kazhpc.special_text import special_texts
 
 if TYPE_CHECKING:
-    from kazhpc.config import EvalModelConfig, PipelineConfig
+    from kazhpc.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-def adapter_dir(cfg: PipelineConfig, model: EvalModelConfig, train_dir: Path | None) -> Path | None:
-    """The adapter a model uses: its own path, else the adapter of the train stage this evaluation
-    reads (``train_dir``, that stage's folder)."""
-    if model.kind == "base":
-        return None
-    if model.adapter is not None:
-        return Path(model.adapter)
-    if train_dir is None:
-        raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no train stage before this evaluation")
-    return train_dir / "adapter"
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """One model the suite scores: its label, the base model it loads, and the peft adapter on
+    top (None: the base alone); ``merged`` folds the adapter into the weights before scoring."""
+
+    label: str
+    kind: str  # base | adapter | merged (kazhpc.config.EvalModelConfig.kind)
+    base: ModelConfig
+    adapter: Path | None = None
 
 
 def check_adapter(path: Path, label: str) -> None:
     if not (path / "adapter_config.json").is_file():
         raise KazhpcError(
             f"evaluate.models[{label}]: {path}: no adapter_config.json (a peft adapter folder; "
-            "did the train job finish in this run?)"
+            "did the train stage finish in this run?)"
         )
-
-
-def base_for_adapter(cfg: PipelineConfig, path: Path) -> Any:
-    """The model an adapter was trained on: a kazhpc train stage may have fine-tuned the
-    extend-vocab stage's model (the ``base_model`` of the manifest beside its adapter folder), not
-    the configured one."""
-    import json
-
-    manifest = path.parent / "manifest.json"
-    if path.name != "adapter" or not manifest.is_file():
-        return cfg.model
-    source = json.loads(manifest.read_text(encoding="utf-8")).get("base_model") or cfg.model.source
-    return cfg.model if source == cfg.model.source else cfg.model.model_copy(update={"source": source})
 
 
 @functools.lru_cache(maxsize=4)
@@ -71,39 +58,30 @@ def eval_tokenizer(model_cfg: Any, cache_root: Path) -> Any:
     return _tokenizer(model_cfg.source, model_cfg.revision, model_cfg.chat_template, Path(cache_root))
 
 
-def load_for_eval(cfg: PipelineConfig, model: EvalModelConfig, train_dir: Path | None) -> tuple[Any, Any]:
+def load_for_eval(model: ModelUnderTest, cache_root: Path) -> tuple[Any, Any]:
     """(model, tokenizer) for one model under test, in eval mode on the CPU or the first GPU."""
     import torch
 
-    path = adapter_dir(cfg, model, train_dir)
-    model_cfg = cfg.model if path is None else base_for_adapter(cfg, path)
-    tokenizer = eval_tokenizer(model_cfg, cfg.cache_root)
-    base = load_model(model_cfg, cfg.cache_root)
+    tokenizer = eval_tokenizer(model.base, cache_root)
+    base = load_model(model.base, cache_root)
     if torch.cuda.is_available():
         base = base.to("cuda")
-    if path is None:
+    if model.adapter is None:
         return base.eval(), tokenizer
-    check_adapter(path, model.label)
+    check_adapter(model.adapter, model.label)
     from peft import PeftModel
 
-    adapted = PeftModel.from_pretrained(base, str(path))
+    adapted = PeftModel.from_pretrained(base, str(model.adapter))
     if model.kind == "merged":
         return adapted.merge_and_unload().eval(), tokenizer
     return adapted.eval(), tokenizer
 
 
-def model_sources_under_test(cfg: PipelineConfig, train_dir: Path | None) -> list[Any]:
-    """The distinct model configs whose tokenizers the models under test use (an adapter's base may
-    be the extend-vocab job's model); adapters not written yet count as the configured model."""
-    found = {cfg.model.source: cfg.model}
-    for model in cfg.evaluate.models:
-        try:
-            path = adapter_dir(cfg, model, train_dir)
-        except KazhpcError:
-            continue
-        if path is not None:
-            base = base_for_adapter(cfg, path)
-            found.setdefault(base.source, base)
+def distinct_bases(models: list[ModelUnderTest]) -> list[ModelConfig]:
+    """The distinct base models (by source) of the models under test: whose tokenizers they use."""
+    found: dict[str, ModelConfig] = {}
+    for model in models:
+        found.setdefault(model.base.source, model.base)
     return list(found.values())
 
 

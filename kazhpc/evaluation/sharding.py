@@ -42,7 +42,8 @@ from kazhpc.partfiles import (
 )
 
 if TYPE_CHECKING:
-    from kazhpc.config import PipelineConfig
+    from kazhpc.config import EvaluateConfig
+    from kazhpc.evaluation.models import ModelUnderTest
     from kazhpc.special_text import SpecialTexts
 
 log = logging.getLogger(__name__)
@@ -136,26 +137,27 @@ def special_text_documents(task: Any, n: int, specials: list[SpecialTexts]) -> l
 
 
 def prepare(
-    cfg: PipelineConfig, train_dir: Path | None = None
+    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest]
 ) -> tuple[Suite, dict[str, Any], list[list[Unit]], dict[str, list[dict[str, Any]]]]:
     """The suite, its lm-eval tasks (documents checked), the plan for ``evaluate.shards``, and by
-    task the documents that spell a special token (with ``special_tokens: reject`` they weigh 0)."""
-    from kazhpc.evaluation.models import eval_tokenizer, model_sources_under_test
+    task the documents that spell a special token of any model under test's tokenizer (with
+    ``special_tokens: reject`` they weigh 0)."""
+    from kazhpc.evaluation.models import distinct_bases, eval_tokenizer
     from kazhpc.special_text import special_texts
 
-    suite = resolve(cfg.evaluate)
+    suite = resolve(evaluate)
     tasks = load_tasks(suite.tasks)
     for spec in suite.tasks:
         check_documents(tasks[spec.name], spec)
-    specials = [special_texts(eval_tokenizer(m, cfg.cache_root)) for m in model_sources_under_test(cfg, train_dir)]
+    specials = [special_texts(eval_tokenizer(base, cache_root)) for base in distinct_bases(models)]
     weights: dict[str, list[int]] = {}
     flagged: dict[str, list[dict[str, Any]]] = {}
     for spec in suite.tasks:
-        per_doc = doc_requests(tasks[spec.name], cfg.evaluate.limit)
+        per_doc = doc_requests(tasks[spec.name], evaluate.limit)
         found = special_text_documents(tasks[spec.name], len(per_doc), specials)
         if found:
             flagged[spec.name] = found
-        if found and cfg.evaluate.special_tokens == "reject":
+        if found and evaluate.special_tokens == "reject":
             if len(found) == len(per_doc):
                 first = found[0]
                 raise KazhpcError(
@@ -166,7 +168,7 @@ def prepare(
             for hit in found:
                 per_doc[hit["doc_id"]] = 0  # in its unit's range, but never scored
         weights[spec.name] = per_doc
-    return suite, tasks, make_plan(weights, cfg.evaluate.shards), flagged
+    return suite, tasks, make_plan(weights, evaluate.shards), flagged
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,31 +226,32 @@ def evaluate_units(
     return {name: [per_document(tasks[name], ex) for ex in results["samples"][name]] for name in names}
 
 
-def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, train_dir: Path | None = None) -> Path:
-    """Evaluate shard ``index`` of ``count`` for every model (an adapter without a path: the one in
-    ``train_dir``, the folder of the train stage this evaluation reads); part 0 also scores perplexity."""
+def run_part(
+    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest], job_dir: Path, index: int, count: int
+) -> Path:
+    """Evaluate shard ``index`` of ``count`` for every model under test; part 0 also scores perplexity."""
     from kazhpc.evaluation.models import checked_lm, load_for_eval
 
-    check_part_count("evaluate", index, count, cfg.evaluate.shards)
+    check_part_count("evaluate", index, count, evaluate.shards)
     started = time.time()
     folder = start_part(job_dir, index, count)
-    suite, tasks, plan, flagged = prepare(cfg, train_dir)
-    info = plan_dict(plan, flagged, cfg.evaluate.special_tokens)
+    suite, tasks, plan, flagged = prepare(evaluate, cache_root, models)
+    info = plan_dict(plan, flagged, evaluate.special_tokens)
     (folder / "plan.json").write_text(json.dumps(info, indent=1))
     units = plan[index]
     skip = excluded_documents(info)
     checked: dict[str, int] = {}
-    for model_cfg in cfg.evaluate.models:
-        model, tokenizer = load_for_eval(cfg, model_cfg, train_dir)
-        lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size, cfg.evaluate.special_tokens)
+    for model_cfg in models:
+        model, tokenizer = load_for_eval(model_cfg, cache_root)
+        lm = checked_lm(model, tokenizer, evaluate.batch_size, evaluate.special_tokens)
         for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
             write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
         checked[model_cfg.label] = lm.bos_checked
-        if index == 0 and cfg.evaluate.perplexity_texts is not None:
+        if index == 0 and evaluate.perplexity_texts is not None:
             from kazhpc.evaluation.perplexity import score_texts
 
-            texts = perplexity_texts(cfg.evaluate.perplexity_texts)
-            result = score_texts(model, tokenizer, texts, cfg.evaluate.perplexity_max_length, cfg.evaluate.batch_size)
+            texts = perplexity_texts(evaluate.perplexity_texts)
+            result = score_texts(model, tokenizer, texts, evaluate.perplexity_max_length, evaluate.batch_size)
             (folder / "perplexity").mkdir(exist_ok=True)
             (folder / "perplexity" / f"{model_cfg.label}.json").write_text(json.dumps(result.to_dict(), indent=1))
         del lm, model
@@ -269,13 +272,13 @@ def perplexity_texts(spec: str) -> list[str]:
 # Merge.
 
 
-def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
+def merge(evaluate: EvaluateConfig, job_dir: Path, count: int) -> dict[str, Any]:
     """results.json content from the parts' per-document outputs; samples/<label>/<task>.jsonl written."""
     check_parts_done("evaluate", job_dir, count)
     plans = {json.loads((part_dir(job_dir, i, count) / "plan.json").read_text())["sha256"] for i in range(count)}
     if len(plans) != 1:
         raise KazhpcError(f"evaluate: the {count} parts planned different shards (data changed between them?); rerun them")
-    suite = resolve(cfg.evaluate)
+    suite = resolve(evaluate)
     tasks = load_tasks(suite.tasks)
     plan = json.loads((part_dir(job_dir, 0, count) / "plan.json").read_text())
     skip = excluded_documents(plan)
@@ -293,7 +296,7 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
     count_key = "excluded" if special["handling"] == "reject" else "neutralised"
     write_jsonl(job_dir / "rejects.jsonl", special_text_rejects(suite, tasks, special))
     models: dict[str, Any] = {}
-    for model_cfg in cfg.evaluate.models:
+    for model_cfg in evaluate.models:
         label = model_cfg.label
         per_task: dict[str, list[dict[str, Any]]] = {}
         for spec in suite.tasks:
@@ -309,7 +312,7 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
                                   f"{len(expected.get(spec.name, []))} planned documents; rerun its shards")
             per_task[spec.name] = rows
             write_jsonl(job_dir / "samples" / label / f"{spec.name}.jsonl", rows)
-        entries = {spec.name: task_entry(tasks[spec.name], spec, per_task[spec.name], cfg.evaluate.bootstrap_iters)
+        entries = {spec.name: task_entry(tasks[spec.name], spec, per_task[spec.name], evaluate.bootstrap_iters)
                    for spec in suite.tasks}
         for name, members in suite.composites.items():
             entries[name] = composite_entry([per_task[m] for m in members], members)
@@ -321,7 +324,7 @@ def merge(cfg: PipelineConfig, job_dir: Path, count: int) -> dict[str, Any]:
             "tasks": entries,
             "perplexity": json.loads(ppl_file.read_text()) if ppl_file.is_file() else None,
         }
-    baseline = cfg.evaluate.baseline or (cfg.evaluate.models[0].label if len(cfg.evaluate.models) > 1 else None)
+    baseline = evaluate.baseline or (evaluate.models[0].label if len(evaluate.models) > 1 else None)
     return {"models": models, "baseline": baseline}
 
 

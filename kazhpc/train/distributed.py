@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from kazhpc.errors import ConfigError, KazhpcError
 
 if TYPE_CHECKING:
-    from kazhpc.config import PipelineConfig
+    from kazhpc.config import TrainConfig
 
 #: Keys the Trainer fills in from the train section; a number in a custom JSON must agree with it.
 _BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
@@ -93,10 +93,10 @@ def offloads(ds: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def check(cfg: PipelineConfig) -> None:
+def check(train: TrainConfig) -> None:
     """Refuse impossible combinations (the train job's preflight: it reads the DeepSpeed JSON, so
     it belongs to `kazhpc validate`, not to the config schema, which sees no files)."""
-    t = cfg.train
+    t = train
     dist = t.distributed
     if dist.deepspeed is None:
         return
@@ -126,9 +126,9 @@ def check(cfg: PipelineConfig) -> None:
             )
 
 
-def warnings(cfg: PipelineConfig) -> list[str]:
+def warnings(train: TrainConfig) -> list[str]:
     """Combinations that run but waste resources (preflight warnings, not errors)."""
-    dist = cfg.train.distributed
+    dist = train.distributed
     if dist.deepspeed is None:
         return []
     ds = load_deepspeed(dist.deepspeed)
@@ -140,8 +140,8 @@ def warnings(cfg: PipelineConfig) -> list[str]:
     return []
 
 
-def is_zero3(cfg: PipelineConfig) -> bool:
-    dist = cfg.train.distributed
+def is_zero3(train: TrainConfig) -> bool:
+    dist = train.distributed
     return dist.deepspeed is not None and zero_stage(load_deepspeed(dist.deepspeed)) == 3
 
 
@@ -150,21 +150,21 @@ def local_device(device: str) -> Any:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else device
 
 
-def quantized_placement(cfg: PipelineConfig, device: str) -> dict[str, Any]:
+def quantized_placement(train: TrainConfig, device: str) -> dict[str, Any]:
     """from_pretrained kwargs that place a 4-bit model: ZeRO-3 shards it itself (no device_map, the
     model dtype equal to the quant storage dtype); otherwise every rank loads it on its own device."""
     import torch
 
-    q = cfg.train.quantization
-    if is_zero3(cfg):
+    q = train.quantization
+    if is_zero3(train):
         assert q is not None and q.quant_storage is not None  # config.check guarantees it
         return {"dtype": getattr(torch, q.quant_storage)}
     return {"device_map": {"": local_device(device)}}
 
 
-def trainer_kwargs(cfg: PipelineConfig, device: str) -> dict[str, Any]:
+def trainer_kwargs(train: TrainConfig, device: str) -> dict[str, Any]:
     """SFTConfig arguments for DeepSpeed (none without it)."""
-    dist = cfg.train.distributed
+    dist = train.distributed
     if dist.deepspeed is None:
         return {}
     kwargs: dict[str, Any] = {"deepspeed": str(deepspeed_path(dist.deepspeed))}

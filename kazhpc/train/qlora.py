@@ -62,7 +62,7 @@ def load_for_training(cfg: PipelineConfig) -> Any:
     bnb = quantization_config(cfg)
     kwargs: dict[str, Any] = {}
     if bnb is not None:
-        kwargs.update(quantization_config=bnb, **distributed.quantized_placement(cfg, _device()))
+        kwargs.update(quantization_config=bnb, **distributed.quantized_placement(cfg.train, _device()))
     return watch(load_model(cfg.model, cfg.cache_root, **kwargs))
 
 
@@ -135,7 +135,7 @@ def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=True,
-        **distributed.trainer_kwargs(cfg, device),
+        **distributed.trainer_kwargs(cfg.train, device),
     )
 
 
@@ -214,11 +214,11 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
-    distributed.check(cfg)  # ZeRO stage vs QLoRA, the DeepSpeed JSON vs the batch sizes
+    distributed.check(cfg.train)  # ZeRO stage vs QLoRA, the DeepSpeed JSON vs the batch sizes
     warnings = []
     if cfg.train.quantization is not None and _device() == "cpu" and cfg.model.dtype != "bfloat16":
         warnings.append("4-bit training on CPU is tested with bfloat16 compute only")
-    warnings += distributed.warnings(cfg)
+    warnings += distributed.warnings(cfg.train)
     from kazhpc.train.planner import fit_warning, packing_warning
 
     try:
