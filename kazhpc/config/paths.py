@@ -42,6 +42,11 @@ def absolute_path(value: str) -> str:
     return os.path.abspath(os.path.expanduser(expanded))
 
 
+def repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted (for 'listed twice' errors)."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are re-validated."""
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 from kazhpc.config.evaluate import EvaluateConfig
 from kazhpc.config.messages import suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
-from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path
+from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path, repeated
 from kazhpc.config.preprocess import PreprocessConfig
 from kazhpc.config.tokenizers import ExtendVocabConfig, TokenizersConfig
 from kazhpc.config.tracking import TrackingConfig
@@ -60,8 +60,7 @@ class PipelineConfig(Strict):
     @field_validator("stages")
     @classmethod
     def _unique_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:
-        names = [s.name for s in stages]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = repeated([s.name for s in stages])
         if twice:
             raise ValueError(f"stage listed twice: {', '.join(twice)}; give each stage its own name")
         return stages

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kazhpc.config.messages import suggest
-from kazhpc.config.paths import NAME_PATTERN, PATH_PREFIXES, Strict, absolute_path
+from kazhpc.config.paths import NAME_PATTERN, PATH_PREFIXES, Strict, absolute_path, repeated
 
 SourceKind = Literal["muri-it", "alpaca", "kazparc", "ner-kazakh", "mc", "custom"]
 SHORT_ANSWER_KINDS = ("mc", "ner-kazakh", "kazparc")
@@ -152,8 +152,7 @@ class PreprocessConfig(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
-        names = [s.name for s in sources]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated([s.name for s in sources])
         if duplicates:
             raise ValueError(f"source name used twice: {', '.join(duplicates)}")
         return sources

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator
 
 from kazhpc.config.messages import suggest
-from kazhpc.config.paths import NAME_PATTERN, Strict
+from kazhpc.config.paths import NAME_PATTERN, Strict, repeated
 from kazhpc.registry import JOB_TYPES
 
 JOB_NAMES: tuple[str, ...] = tuple(job.name for job in JOB_TYPES)
@@ -64,7 +64,7 @@ def stages_from_jobs(data: Any) -> Any:
     for job in jobs:
         if job not in JOB_NAMES:
             raise ValueError(f"jobs: unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
-    twice = sorted({j for j in jobs if jobs.count(j) > 1})
+    twice = repeated(jobs)
     if twice:
         raise ValueError(
             f"jobs: job listed twice: {', '.join(twice)}; to run a job type more than once, list named "
