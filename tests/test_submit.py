@@ -154,6 +154,40 @@ def killed_and_resumed(run_dir: Path, runs_root: Path) -> None:
 
 
 
+def test_two_stages_of_one_job_type_are_their_own_slurm_jobs(local_slurm: str, tmp_path: Path, model_cache: Path) -> None:
+    """Two preprocess stages (the second split into a 2-task array) submitted from two-stage.yaml:
+    each stage is its own SLURM job chained by afterok, with its own folder, run.json entry and
+    MLflow child run, and status lists them by stage name."""
+    runs_root = tmp_path / "runs"
+    stages = ("stages=[{name: pre-general, job: preprocess}, {name: pre-translation, job: preprocess, with: {shards: 2, "
+              "sources: [{name: kazparc, kind: kazparc, path: tests/fixtures/data/kazparc_raw.csv}]}}]")
+    submitted = kazhpc("submit", "configs/pipelines/two-stage.yaml", f"runs_root={runs_root}", f"cache_dir={model_cache}",
+                       stages, "--cluster", LOCAL)
+    assert submitted.returncode == 0, submitted.stderr[-4000:]
+    (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir() and p.name.startswith("two-stage-")]
+    try:
+        done = kazhpc("status", str(run_dir), "--wait", "--timeout", "300", timeout=360)
+        assert done.returncode == 0 and "all jobs completed" in done.stdout, done.stdout + done.stderr[-3000:]
+        steps = {s["name"]: s for s in json.loads((run_dir / "submission.json").read_text())["attempts"][0]["steps"]}
+        assert list(steps) == ["pre-general", "pre-translation-parts", "pre-translation"]
+        assert [(s["stage"], s["job"]) for s in steps.values()] == [("pre-general", "preprocess"), ("pre-translation", "preprocess"),
+                                                                     ("pre-translation", "preprocess")]
+        assert steps["pre-translation-parts"]["dependency"] == f"afterok:{steps['pre-general']['slurm_id']}"
+        assert steps["pre-translation"]["dependency"] == f"afterok:{steps['pre-translation-parts']['slurm_id']}"
+        state = read_state(run_dir)["jobs"]
+        for key in ("pre-general", "pre-translation[0/2]", "pre-translation[1/2]", "pre-translation"):
+            assert state[key]["status"] == "COMPLETED", key
+        general, translation = (json.loads((run_dir / s / "manifest.json").read_text()) for s in ("pre-general", "pre-translation"))
+        assert set(general["per_source"]) != set(translation["per_source"]) and translation["stage"] == "pre-translation"
+        for name in ("pre-general", "pre-translation"):
+            assert any(line.split()[:1] == [name] and "COMPLETED" in line for line in done.stdout.splitlines()), done.stdout
+        client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("kazhpc-two-stage").experiment_id])
+        assert sorted(r.info.run_name for r in runs) == ["pre-general", "pre-translation", "two-stage"]
+    finally:
+        kazhpc("cancel", str(run_dir))
+
+
 def test_step_refused_by_sbatch_cancels_the_steps_before_it_and_leaves_no_run(local_slurm: str, tmp_path: Path) -> None:
     """A profile that promises more than the cluster has passes kazhpc's own checks but not sbatch:
     the message names the step and SLURM's reason, the step queued before it is cancelled, and no
