@@ -161,3 +161,16 @@ def test_the_step_plan_takes_each_stage_s_own_shards(tmp_path: Path) -> None:
     assert parts.array == 2 and parts.stage == "eval-2" and parts.job == "evaluate"
     assert parts.command[-1].endswith('--stage eval-2 --shard "$SLURM_ARRAY_TASK_ID/2"')
 
+
+
+def test_the_multi_node_launch_runs_the_train_stage_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """slurm/train.sbatch's launch lines (STAGE=train-2) start that stage on every rank."""
+    from kazhpc.launch.multinode import main
+    from kazhpc.runner import new_run_dir
+
+    run_dir = new_run_dir(load_config(TWO_STAGE, [f"runs_root={tmp_path}"]))
+    assert main(["--run-dir", str(run_dir), "--stage", "train-2", "--no-check"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"jobs/train.py --run-dir {run_dir} --stage train-2'")
+    with pytest.raises(SystemExit) as exit_info:  # two train stages: which one must be said
+        main(["--run-dir", str(run_dir), "--no-check"])
+    assert exit_info.value.code == 2 and "name one with --stage" in capsys.readouterr().err

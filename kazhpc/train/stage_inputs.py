@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kazhpc.errors import KazhpcError
+from kazhpc.errors import KazhpcError, read_json_file
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -54,6 +54,11 @@ def earlier_adapter(ctx: JobContext, base_source: str) -> Path | None:
     adapter = Path(manifest["adapter"])
     if not (adapter / "adapter_config.json").is_file():
         raise KazhpcError(f"{adapter}: the {folder.name} stage's adapter is missing (no adapter_config.json)")
+    made = read_json_file(adapter / "adapter_config.json", f"the {folder.name} stage's adapter config")
+    lora = ctx.cfg.train.lora
+    if (made.get("r"), made.get("lora_alpha")) != (lora.r, lora.alpha):
+        log.warning("%s: goes on training %s's adapter as it was made (r=%s, alpha=%s); train.lora (r=%s, alpha=%s) is not used",
+                    ctx.job_dir.name, folder.name, made.get("r"), made.get("lora_alpha"), lora.r, lora.alpha)
     if manifest.get("base_model") != base_source:
         raise KazhpcError(
             f"{ctx.job_dir.name}: the {folder.name} stage's adapter was trained on {manifest.get('base_model')}, "
