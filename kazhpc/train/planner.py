@@ -1,5 +1,9 @@
 """A memory planner for QLoRA training: will this config fit on its GPUs, and what batch would?
 
+It takes a whole PipelineConfig (a library exception, on purpose): a plan is of the model, its
+train section and the cache where the model's config.json lives, and `kazhpc plan` compares sizes
+by loading each size's config as the YAML engine composes it (``plans_for_sizes``).
+
 Everything here is an ESTIMATE from architecture numbers, written to be checkable rather than
 exact. It counts, per GPU:
 
