@@ -290,7 +290,7 @@ def run_single(
     index, count = parse_part(shard)
     adapter = spec.adapter()
     view = cfg.for_stage(name)
-    for warning in adapter.preflight(view):
+    for warning in preflight(cfg, [name]):
         log.warning(warning)
     job_dir = run_dir / name
     part = f"{name}[{index}/{count}]"

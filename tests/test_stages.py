@@ -174,3 +174,10 @@ def test_the_multi_node_launch_runs_the_train_stage_it_is_given(tmp_path: Path, 
     with pytest.raises(SystemExit) as exit_info:  # two train stages: which one must be said
         main(["--run-dir", str(run_dir), "--no-check"])
     assert exit_info.value.code == 2 and "name one with --stage" in capsys.readouterr().err
+
+
+def test_a_stage_view_carries_the_run_s_config_hash() -> None:
+    """What a stage writes (its model card, its manifest) names the run's config, not its view's."""
+    cfg = load_config(TWO_STAGE)
+    assert cfg.for_stage("train-2").config_hash() == cfg.config_hash()
+    assert cfg.for_stage("train-2").resolved_dict()["train"]["max_steps"] == 4  # while its params are its own

@@ -51,6 +51,8 @@ class PipelineConfig(Strict):
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     #: Each stage's upstream: job type -> the earlier stage it reads, by stage name.
     _upstream: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+    #: A stage's view hashes as the whole pipeline it belongs to (the run's config hash).
+    _pipeline_hash: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -127,7 +129,7 @@ class PipelineConfig(Strict):
         if own is getattr(self, section):
             return self
         view = self.model_copy(update={section: own})
-        view._sections, view._upstream = self._sections, self._upstream
+        view._sections, view._upstream, view._pipeline_hash = self._sections, self._upstream, self.config_hash()
         return view
 
     @property
@@ -141,7 +143,10 @@ class PipelineConfig(Strict):
         return self.model_dump(mode="json", by_alias=True)
 
     def config_hash(self) -> str:
-        """A short content hash of the resolved config: equal configs, equal hashes."""
+        """A short content hash of the resolved config: equal configs, equal hashes (a stage's
+        view: its pipeline's)."""
+        if self._pipeline_hash is not None:
+            return self._pipeline_hash
         canonical = json.dumps(self.resolved_dict(), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
