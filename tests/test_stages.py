@@ -181,3 +181,15 @@ def test_a_stage_view_carries_the_run_s_config_hash() -> None:
     cfg = load_config(TWO_STAGE)
     assert cfg.for_stage("train-2").config_hash() == cfg.config_hash()
     assert cfg.for_stage("train-2").resolved_dict()["train"]["max_steps"] == 4  # while its params are its own
+
+
+def test_a_stage_s_paths_are_stored_absolute_and_must_be_visible_in_the_container() -> None:
+    from kazhpc.launch.cluster import load_cluster
+    from kazhpc.launch.steps import slurm_steps
+
+    stored = load_config(TWO_STAGE).resolved_dict()["stages"][3]["with"]["sources"][0]["path"]
+    assert stored == str(CONFIGS.parent / "tests" / "fixtures" / "data" / "kazparc_raw.csv")  # what a SLURM step reopens
+    cfg = load_config(TWO_STAGE, ["stages.preprocess-translation.with.sources=[{name: far, kind: muri-it, path: /data/elsewhere/muri.jsonl}]"])
+    with pytest.raises(ConfigError, match=r"container.binds: stages\[3\].with.sources\[0\].path=/data/elsewhere/muri.jsonl "
+                                          r"is not visible inside the container"):
+        slurm_steps(cfg, load_cluster(CONFIGS / "clusters" / "a100-example.yaml"))

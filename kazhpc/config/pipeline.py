@@ -20,7 +20,7 @@ from kazhpc.config.preprocess import PreprocessConfig
 from kazhpc.config.tokenizers import ExtendVocabConfig, TokenizersConfig
 from kazhpc.config.tracking import TrackingConfig
 from kazhpc.config.train import TrainConfig
-from kazhpc.config.stages import StageConfig, merge_section, stages_from_jobs, upstream_stages
+from kazhpc.config.stages import StageConfig, merge_section, resolved_keys, stages_from_jobs, upstream_stages
 from kazhpc.errors import KazhpcError
 
 
@@ -87,6 +87,7 @@ class PipelineConfig(Strict):
                     key = ".".join(str(p) for p in error["loc"])
                     raise ValueError(f"stages.{stage.name}.with.{key}: {error['msg'].removeprefix('Value error, ')}") from None
                 self._sections[stage.name] = merged
+                stage.settings = resolved_keys(stage.settings, merged.model_dump(mode="json"))
             else:
                 self._sections[stage.name] = top
             self._upstream[stage.name] = upstream_stages(self.stages, index)

@@ -85,6 +85,17 @@ def merge_section(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def resolved_keys(given: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``given`` with their values from ``resolved`` (the validated section): a stage's
+    ``with:`` as the resolved config stores it, its paths absolute like every other path, so a SLURM
+    step that reloads config.yaml elsewhere opens the very files that were checked."""
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        done = resolved.get(key, value)
+        out[key] = resolved_keys(value, done) if isinstance(value, dict) and isinstance(done, dict) else done
+    return out
+
+
 def upstream_stages(stages: list[StageConfig], index: int) -> dict[str, str]:
     """For stage ``index``: job type → the earlier stage whose outputs it reads (its ``uses:``,
     else the latest earlier stage of each type its job needs)."""

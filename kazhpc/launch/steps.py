@@ -87,15 +87,21 @@ def _under(path: str, binds: list[str]) -> bool:
 
 
 def unbound_paths(cfg: PipelineConfig, binds: list[str], image_dir: str) -> list[tuple[str, str]]:
-    """(key, path) of every absolute path in the config that a container would not see."""
-    from kazhpc.config import flatten
-
+    """(key, path) of every absolute path in the config that a container would not see, lists of
+    mappings included (``preprocess.sources[0].path``, ``stages[3].with.sources[0].path``)."""
     missing = []
-    for key, value in flatten(cfg.resolved_dict()).items():
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, str) and item.startswith("/") and not _under(item, [*binds, image_dir]):
-                missing.append((key, item))
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{key}[{index}]" if isinstance(item, (dict, list)) else key)
+        elif isinstance(value, str) and value.startswith("/") and not _under(value, [*binds, image_dir]):
+            missing.append((key, value))
+
+    walk(cfg.resolved_dict(), "")
     return missing
 
 
