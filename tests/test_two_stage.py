@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 #: The shipped config at test scale (fewer steps and documents; the stages as shipped).
 SMALL = ["train.max_steps=2", "train.save_steps=2", "train.loss_check_rows=4", "stages.train-2.with.max_steps=2",
-         "evaluate.limit=2"]
+         "evaluate.limit=2", "evaluate.perplexity_texts=null", "evaluate.bootstrap_iters=0"]
 
 
 @pytest.fixture(scope="module")
