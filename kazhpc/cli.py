@@ -140,13 +140,12 @@ def _run_job_command(job: str, config: Optional[Path], overrides: Optional[List[
     """One stage of this job type (or one part of it, an array task); print what the job says it
     printed (a table, a results file), the run directory and the stage's states."""
     from kazhpc.registry import job_type
-    from kazhpc.runner import open_run_dir, read_state, run_single, stage_of_job
+    from kazhpc.runner import read_state, run_single
 
     spec = job_type(job)
     setup_logging()
     with report_errors():
-        path = run_single(job, config, overrides or [], run_dir, shard, stage)
-        name = stage_of_job(open_run_dir(path), job, stage)
+        path, name = run_single(job, config, overrides or [], run_dir, shard, stage)
     states = read_state(path).get("jobs", {})
     if shard is None and spec.table and (path / name / spec.table).is_file():
         sys.stdout.write((path / name / spec.table).read_text(encoding="utf-8"))  # unwrapped

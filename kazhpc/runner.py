@@ -265,8 +265,9 @@ def run_single(
     run_dir: Path | None = None,
     shard: str | None = None,
     stage: str | None = None,
-) -> Path:
-    """Run one stage of a pipeline (all of it, or with ``shard='i/n'`` one part of it).
+) -> tuple[Path, str]:
+    """Run one stage of a pipeline (all of it, or with ``shard='i/n'`` one part of it); return the
+    run directory and the stage's name.
 
     With ``run_dir`` the stage joins an existing run (its config.yaml and its MLflow parent run);
     parts always do, since the parts and the merge that follows must share one folder.
@@ -281,7 +282,7 @@ def run_single(
         raise KazhpcError("give a CONFIG or --run-dir")
     name = stage_of_job(cfg, job, stage)
     if shard is None:
-        return run_pipeline(cfg, run_dir=run_dir, only=[name])
+        return run_pipeline(cfg, run_dir=run_dir, only=[name]), name
     spec = job_type(job)
     if not spec.splits:
         raise KazhpcError(f"job '{job}' does not split into parts; drop --shard")
@@ -302,7 +303,7 @@ def run_single(
         set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
     set_job_state(run_dir, part, status="COMPLETED", finished=time.time())
-    return run_dir
+    return run_dir, name
 
 
 def job_entry(job: str, argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from kazhpc.config.messages import ConfigDoc, Origin, describe_validation_error, suggest
+from kazhpc.config.paths import deep_merge
 from kazhpc.config.pipeline import PipelineConfig
 from kazhpc.errors import ConfigError, read_user_text
 
@@ -143,16 +144,8 @@ def _expand(
 
 
 def _merge(into: ConfigDoc, other: ConfigDoc) -> None:
-    """Deep-merge ``other`` into ``into``; mappings merge, anything else is replaced."""
-
-    def merge(a: dict[str, Any], b: dict[str, Any]) -> None:
-        for key, value in b.items():
-            if isinstance(value, dict) and isinstance(a.get(key), dict):
-                merge(a[key], value)
-            else:
-                a[key] = value
-
-    merge(into.data, other.data)
+    """Deep-merge ``other`` into ``into`` (kazhpc.config.paths.deep_merge), origins too."""
+    deep_merge(into.data, other.data)
     into.origins.update(other.origins)
 
 

@@ -1,4 +1,5 @@
-"""What every section schema shares: the ``Strict`` base, names and dtypes, and path resolution.
+"""What every section schema shares: the ``Strict`` base, names and dtypes, path resolution, and
+two small helpers the loader and the stages share (``deep_merge``, ``repeated``).
 
 Paths are resolved once, at load time (``absolute_path``), so that the resolved config a SLURM job
 receives means the same thing on a compute node and holds the very path that was checked.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +41,16 @@ def absolute_path(value: str) -> str:
             f"environment variable {unset.group(0)} is not set; set it, or write the path out"
         )
     return os.path.abspath(os.path.expanduser(expanded))
+
+
+def deep_merge(into: dict[str, Any], over: dict[str, Any]) -> None:
+    """Merge ``over`` into ``into`` in place: mappings merge, anything else (lists too) is replaced.
+    The one rule for ``include:``, model-file defaults and a stage's ``with:`` keys."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def repeated(names: list[str]) -> list[str]:

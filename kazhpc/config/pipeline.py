@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 from kazhpc.config.evaluate import EvaluateConfig
 from kazhpc.config.messages import suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
-from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path, repeated
+from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path, deep_merge, repeated
 from kazhpc.config.preprocess import PreprocessConfig
 from kazhpc.config.tokenizers import ExtendVocabConfig, TokenizersConfig
 from kazhpc.config.tracking import TrackingConfig
 from kazhpc.config.train import TrainConfig
-from kazhpc.config.stages import StageConfig, merge_section, resolved_keys, stages_from_jobs, upstream_stages
+from kazhpc.config.stages import StageConfig, resolved_keys, stages_from_jobs, upstream_stages
 from kazhpc.errors import KazhpcError
 
 
@@ -80,8 +80,10 @@ class PipelineConfig(Strict):
             section = stage.job.replace("-", "_")
             top = getattr(self, section)
             if stage.settings:
+                data = top.model_dump(mode="json")
+                deep_merge(data, stage.settings)
                 try:
-                    merged = type(top).model_validate(merge_section(top.model_dump(mode="json"), stage.settings))
+                    merged = type(top).model_validate(data)
                 except ValidationError as exc:
                     error = exc.errors()[0]
                     key = ".".join(str(p) for p in error["loc"])

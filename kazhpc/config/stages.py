@@ -25,6 +25,13 @@ JOB_NAMES: tuple[str, ...] = tuple(job.name for job in JOB_TYPES)
 RESERVED_NAMES = ("tracking", "slurm", "logs")
 
 
+def known_job(job: str) -> str:
+    """``job`` if the registry has it, else ValueError naming the closest."""
+    if job not in JOB_NAMES:
+        raise ValueError(f"unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
+    return job
+
+
 class StageConfig(Strict):
     """One stage: its name (its folder, MLflow child run and SLURM job), its job type, the earlier
     stages it reads, and the keys of its section that differ from the top-level one."""
@@ -39,9 +46,7 @@ class StageConfig(Strict):
     @field_validator("job")
     @classmethod
     def _known_job(cls, job: str) -> str:
-        if job not in JOB_NAMES:
-            raise ValueError(f"unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
-        return job
+        return known_job(job)
 
     @field_validator("name")
     @classmethod
@@ -62,8 +67,10 @@ def stages_from_jobs(data: Any) -> Any:
     if not isinstance(jobs, list) or not jobs or not all(isinstance(j, str) for j in jobs):
         raise ValueError("jobs: expected a list of job names, e.g. [preprocess, train]")
     for job in jobs:
-        if job not in JOB_NAMES:
-            raise ValueError(f"jobs: unknown job '{job}'{suggest(job, JOB_NAMES)}; known: {', '.join(JOB_NAMES)}")
+        try:
+            known_job(job)
+        except ValueError as exc:
+            raise ValueError(f"jobs: {exc}") from None
     twice = repeated(jobs)
     if twice:
         raise ValueError(
@@ -72,17 +79,6 @@ def stages_from_jobs(data: Any) -> Any:
         )
     data["stages"] = [{"name": job, "job": job} for job in jobs]
     return data
-
-
-def merge_section(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` deep-merged onto ``base``: mappings merge, anything else (lists too) is replaced."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_section(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def resolved_keys(given: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:

@@ -51,11 +51,7 @@ class Step:
     #: writes them into the script, and the callers of slurm_steps() show them (step_warnings).
     warnings: list[str] = field(default_factory=list)
     #: The stage it runs: its folder in the run directory and its key in run.json.
-    stage: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.stage:
-            object.__setattr__(self, "stage", self.job)
+    stage: str = field(kw_only=True)
 
     def sbatch_options(self) -> dict[str, Any]:
         """Every option of the step's #SBATCH lines, as submitit and `kazhpc render` both write them."""
