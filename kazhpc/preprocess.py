@@ -37,8 +37,7 @@ def decontamination_files(cfg: PipelineConfig) -> list[str]:
     the hub are not covered here; list their local copies in ``decontamination.files``."""
     files = list(cfg.preprocess.cleaning.decontamination.files)
     if cfg.preprocess.cleaning.decontamination.evaluation_files:
-        for stage in cfg.stages_of("evaluate"):
-            files += [f for f in cfg.section_of(stage.name).local_files() if f not in files]
+        files += [f for f in cfg.evaluation_files() if f not in files]
     return files
 
 
@@ -77,9 +76,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
             warnings += preview_source(source)
         if source.hub is not None and os.environ.get("HF_HUB_OFFLINE") != "1" and not Path(source.hub).exists():
             warnings.append(f"source '{source.name}': '{source.hub}' will be fetched from the hub unless cached")
-    evaluation_keys = {}
-    for stage in reversed(cfg.stages_of("evaluate")):
-        evaluation_keys.update(cfg.section_of(stage.name).local_file_keys())
+    evaluation_keys = cfg.evaluation_files()
     for path in decontamination_files(cfg):
         if not Path(path).is_file():
             own = path in cfg.preprocess.cleaning.decontamination.files

@@ -71,7 +71,7 @@ def test_a_stage_section_is_the_top_level_one_with_its_keys_over_it() -> None:
         ("with: {max_steps: 4, learning_rate: 5.0e-4}", "with: {max_steps: 0}", ("stages.train-2.with.max_steps",)),
         ("uses: [train-1, preprocess-translation]", "uses: [eval-2]", ("stages.train-2.uses: 'eval-2' comes after it",)),
         ("uses: [train-1, preprocess-translation]", "uses: [trian-1]", ("'trian-1' is not a stage", "did you mean 'train-1'")),
-        ("uses: [train-1, preprocess-translation]", "uses: [eval-1]", ("'eval-1' is a evaluate stage", "reads extend-vocab, preprocess, train")),
+        ("uses: [train-1, preprocess-translation]", "uses: [eval-1]", ("'eval-1' is an evaluate stage", "reads extend-vocab, corpus, preprocess, train")),
         ("uses: [train-1, preprocess-translation]", "uses: [preprocess-general, preprocess-translation]", ("two preprocess stages",)),
         ("{name: eval-2, job: evaluate}", "{name: eval-1, job: evaluate}", ("stage listed twice: eval-1",)),
         ("{name: eval-2, job: evaluate}", "{name: eval-2, job: evalute}", ("unknown job 'evalute'", "did you mean 'evaluate'")),

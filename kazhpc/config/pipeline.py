@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from kazhpc.config.corpus import TextCorpusConfig
 from kazhpc.config.evaluate import EvaluateConfig
 from kazhpc.config.messages import suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
@@ -45,6 +46,7 @@ class PipelineConfig(Strict):
     tokenizers: TokenizersConfig = Field(default_factory=TokenizersConfig)
     extend_vocab: ExtendVocabConfig = Field(default_factory=ExtendVocabConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    corpus: TextCorpusConfig = Field(default_factory=TextCorpusConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     #: Each stage's section (its type's top-level section with its ``with:`` keys), by stage name.
@@ -135,6 +137,15 @@ class PipelineConfig(Strict):
         view._sections, view._upstream, view._pipeline_hash = self._sections, self._upstream, self.config_hash()
         return view
 
+    def evaluation_files(self) -> dict[str, str]:
+        """Every local file this pipeline's evaluate stages read → the key that names it (what
+        training text is decontaminated against), the first stage's key where several name it."""
+        keys: dict[str, str] = {}
+        for stage in self.stages_of("evaluate"):
+            for path, key in self.section_of(stage.name).local_file_keys().items():
+                keys.setdefault(path, key)
+        return keys
+
     @property
     def cache_root(self) -> Path:
         if self.cache_dir is not None:
@@ -171,7 +182,13 @@ def check_stage(cfg: PipelineConfig, stage: StageConfig) -> None:
         trains = cfg.stages_of("train")
         if trains and not any(s.job == "train" for s in later):
             raise ValueError(f"stages: {stage.name} must come before {trains[0].name} (train fine-tunes the extended model)")
-    if stage.job == "train" and "preprocess" not in upstream:
+    if stage.job == "corpus" and not section.sources:
+        raise ValueError(f"{at}corpus.sources: the {stage.name} job needs at least one source")
+    if stage.job == "train" and section.objective == "cpt" and "corpus" not in upstream:
+        after = [s.name for s in later if s.job == "corpus"]
+        raise ValueError(f"stages: {after[0]} must come before {stage.name}" if after else
+                         f"stages: {stage.name} (train.objective: cpt) trains on a corpus stage's blocks; list corpus before it")
+    if stage.job == "train" and section.objective == "sft" and "preprocess" not in upstream:
         after = [s.name for s in later if s.job == "preprocess"]
         if after:
             raise ValueError(f"stages: {after[0]} must come before {stage.name}")

@@ -108,7 +108,8 @@ def upstream_stages(stages: list[StageConfig], index: int) -> dict[str, str]:
         kind = earlier[name].job
         if kind not in job_type(stage.job).needs:
             raise ValueError(
-                f"stages.{stage.name}.uses: '{name}' is a {kind} stage, which a {stage.job} stage does not read "
+                f"stages.{stage.name}.uses: '{name}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind} stage, which "
+                f"{'an' if stage.job[0] in 'aeiou' else 'a'} {stage.job} stage does not read "
                 f"(it reads {', '.join(job_type(stage.job).needs) or 'no earlier stage'})"
             )
         if kind in chosen:

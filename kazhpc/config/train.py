@@ -58,9 +58,36 @@ class DistributedConfig(Strict):
         return self.nodes * self.gpus_per_node
 
 
-class TrainConfig(Strict):
-    """The train job: QLoRA SFT (bitsandbytes + peft + trl) with loss on the answers only."""
+class CptSettings(Strict):
+    """Continued pretraining (``objective: cpt``): what is measured while it trains."""
 
+    eval_steps: int = Field(0, ge=0, description="held-out bits/char every N optimizer steps (0: before and after only)")
+    heldout_english: str = Field(
+        "builtin:en-heldout", description="English passages (text, one per line): what CPT must not break"
+    )
+    heldout_texts: int = Field(32, gt=0, description="at most this many held-out passages per language")
+    heldout_max_length: int = Field(256, gt=1, description="tokens per held-out passage, longer ones cut")
+
+    @field_validator("heldout_english")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return absolute_path(value) if value.startswith(PATH_PREFIXES) else value
+
+
+class TrainConfig(Strict):
+    """The train job: QLoRA supervised fine-tuning with loss on the answers only (``objective:
+    sft``, on a preprocess stage's conversations), or continued pretraining with loss on every
+    token (``objective: cpt``, on a corpus stage's packed blocks)."""
+
+    objective: Literal["sft", "cpt"] = "sft"
+    max_tokens: int | None = Field(
+        None, gt=0, description="cpt: stop after this many training tokens (sets max_steps; a budget, not an epoch count)"
+    )
+    trainable_embeddings: Literal["new", "all", "none"] = Field(
+        "new", description="embedding rows trained besides LoRA: an extended vocabulary's new rows, all rows "
+        "(Gemma-3 ties lm_head to them), or none"
+    )
+    cpt: CptSettings = Field(default_factory=CptSettings)
     quantization: QuantizationConfig | None = Field(default_factory=QuantizationConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: run `epochs`)")

@@ -105,14 +105,20 @@ def score_texts(
 
 
 BUILTIN_TEXTS = "builtin:kk-sentences"
+#: Passage files shipped in kazhpc/resources (``builtin:NAME``): Kazakh sentences, English passages.
+BUILTIN_NAMES = ("kk-sentences", "en-heldout")
 
 
 def read_passages(spec: str, key: str) -> tuple[list[str], str]:
     """The passages to score (one per non-empty line) of ``spec`` (``builtin:kk-sentences`` or a
     UTF-8 text file; ``key`` names the config key in errors) and the sha256 of their file."""
-    if spec == BUILTIN_TEXTS:
-        raw = resources.files("kazhpc").joinpath("resources", "kk-sentences.txt").read_bytes()
-        where = BUILTIN_TEXTS
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTIN_NAMES:
+            raise KazhpcError(f"{key}: unknown built-in texts {spec!r}; built in: "
+                              + ", ".join(f"builtin:{n}" for n in BUILTIN_NAMES))
+        raw = resources.files("kazhpc").joinpath("resources", f"{name}.txt").read_bytes()
+        where = spec
     else:
         path = Path(spec).expanduser()
         where = str(path)

@@ -1,0 +1,153 @@
+"""The corpus job: raw Kazakh text → filtered, deduplicated documents → packed token blocks (datatrove)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus_data import BELEBELE, FIXTURES
+from kazhpc.config import load_config
+from kazhpc.errors import KazhpcError
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "pipelines" / "smoke.yaml"
+CORPUS = FIXTURES / "corpus"  # tests/corpus_data.py wrote it, with faults planted
+
+
+def corpus_config(tmp_path: Path, source: Path, *overrides: str, **kw):
+    return load_config(SMOKE, [f"runs_root={tmp_path / 'runs'}", "jobs=[corpus]",
+                               f"corpus.sources=[{{name: kk, path: {source}}}]", "corpus.blocks.length=64",
+                               "corpus.minhash.buckets=4", *overrides], **kw)
+
+
+def preflight_error(cfg) -> str:
+    from kazhpc.corpus_job import preflight
+
+    with pytest.raises(KazhpcError) as caught:
+        preflight(cfg)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# -- config and preflight: one line each, before any model loads -------------------------------
+
+
+def test_config_errors_are_one_line(tmp_path: Path) -> None:
+    cases = [
+        (["jobs=[corpus]", "corpus.sources=[]"], "corpus.sources: the corpus job needs at least one source"),
+        (["jobs=[corpus]", "corpus.sources=[{name: a, path: x}, {name: a, path: y}]"], "listed twice: a"),
+        (["jobs=[corpus]", "corpus.sources=[{name: a, path: x}]", "corpus.language=de"], "must be one of languages"),
+        (["jobs=[preprocess, train]", "train.objective=cpt"], "trains on a corpus stage's blocks; list corpus before it"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(KazhpcError) as caught:
+            load_config(SMOKE, [f"runs_root={tmp_path}", *overrides])
+        assert message in str(caught.value) and "\n" not in str(caught.value), (overrides, str(caught.value))
+
+
+def test_bad_sources_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"content": "Қазақ тілі түркі тілдерінің бірі.", "url": "x"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    russian = tmp_path / "ru.jsonl"
+    russian.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in [
+        "Сегодня в Алматы прошёл сильный дождь, и улицы были пустыми весь день.",
+        "Мы поехали на поезде в Астану и вернулись домой только поздно вечером.",
+    ]), encoding="utf-8")
+    assert "corpus.sources[kk].path: " in preflight_error(corpus_config(tmp_path, tmp_path / "missing"))
+    assert "holds no documents (empty)" in preflight_error(corpus_config(tmp_path, empty))
+    message = preflight_error(corpus_config(tmp_path, wrong))
+    assert f"{wrong}:1: no field 'text' (its fields: content, url); set text_key" in message
+    message = preflight_error(corpus_config(tmp_path, russian))
+    assert "none of its first 2 documents is in 'kk' (lingua: ru 2)" in message
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    assert "no files in" in preflight_error(corpus_config(tmp_path, folder))
+
+
+def test_blocks_longer_than_the_model_context_are_refused(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "max_position_embeddings": 128}))
+    cfg = corpus_config(tmp_path, CORPUS, f"model.source={model}", "corpus.blocks.length=256")
+    assert "corpus.blocks.length: 256 tokens is above the model's context (128 tokens" in preflight_error(cfg)
+
+
+# -- the job, for real: 1 task and 3 tasks give the same corpus -----------------------------------
+
+
+def _lines(folder: Path) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def corpus_runs(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[int, Path]:
+    from kazhpc.runner import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("corpus")
+    runs = {}
+    for tasks, workers in ((1, 1), (3, 2)):
+        cfg = corpus_config(tmp / f"t{tasks}", CORPUS, f"cache_dir={model_cache}", f"corpus.tasks={tasks}",
+                            f"corpus.workers={workers}", "corpus.heldout_fraction=0.1",
+                            f"corpus.decontamination.files=[{BELEBELE}]")
+        runs[tasks] = run_pipeline(cfg) / "corpus"
+    return runs
+
+
+@pytest.mark.slow
+def test_every_planted_fault_is_dropped_counted_and_kept(corpus_runs: dict[int, Path]) -> None:
+    job = corpus_runs[1]
+    manifest = json.loads((job / "manifest.json").read_text())
+    counts, dropped = manifest["counts"], manifest["dropped_by_reason"]
+    assert counts["unaccounted"] == 0
+    assert {"bad_json": 1, "no_text_field": 1, "too_short": 1, "language_ru": 1, "contaminated": 1, "near_duplicate": 2}.items() <= dropped.items()
+    rejected = {reason: {r["id"] for r in _lines(job / "rejects" / step)}
+                for reason, step in (("near_duplicate", "near_duplicate"), ("language", "language"), ("contaminated", "contaminated"))}
+    assert rejected["near_duplicate"] == {"kk/part3.jsonl/" + str(i) for i in _positions(job, {"exact-dup", "near-dup"})}
+    assert len(rejected["language"]) == 1 and len(rejected["contaminated"]) == 1
+    assert counts["documents_kept"] + counts["documents_heldout"] + counts["documents_dropped"] == counts["documents_read"]
+    assert counts["blocks"] == counts["tokens"] // 64 and counts["blocks"] > 10
+    assert sum(f["bytes"] for f in manifest["source_files"]) == sum(p.stat().st_size for p in CORPUS.glob("*.jsonl"))
+    table = (job / "corpus.md").read_text(encoding="utf-8")
+    assert "| dropped: near duplicate | 2 |" in table
+
+
+def _positions(job: Path, ids: set[str]) -> list[int]:
+    source = Path(json.loads((job / "manifest.json").read_text())["source_files"][-1]["path"])
+    return [i for i, line in enumerate(source.read_text(encoding="utf-8").splitlines()) if json.loads(line).get("id") in ids]
+
+
+@pytest.mark.slow
+def test_one_task_and_three_tasks_keep_the_same_documents_and_blocks(corpus_runs: dict[int, Path]) -> None:
+    one, three = (json.loads((corpus_runs[n] / "manifest.json").read_text()) for n in (1, 3))
+    assert one["blocks"]["sha256"] == three["blocks"]["sha256"]
+    assert one["counts"] == three["counts"] and one["dropped_by_reason"] == three["dropped_by_reason"]
+    kept = [[r["id"] for r in _lines(corpus_runs[n] / "kept")] for n in (1, 3)]
+    assert kept[0] == kept[1] and len(kept[0]) == one["counts"]["documents_kept"]
+    assert len(list((corpus_runs[3] / "tokens").glob("*.ds"))) == 3
+
+
+@pytest.mark.slow
+def test_blocks_are_the_kept_documents_tokenized_with_bos_and_eos(corpus_runs: dict[int, Path], gemma_tokenizer) -> None:
+    from kazhpc.data.corpus.blocks import PackedBlocks, token_files
+
+    job = corpus_runs[3]
+    manifest = json.loads((job / "manifest.json").read_text())
+    blocks = PackedBlocks(token_files(job / "tokens"), 64, manifest["blocks"]["token_bytes"])
+    stream = [int(t) for i in range(len(blocks)) for t in blocks[i]["input_ids"]]
+    assert len(stream) == manifest["counts"]["block_tokens"]
+    first = stream[: stream.index(gemma_tokenizer.eos_token_id) + 1]
+    assert first[0] == gemma_tokenizer.bos_token_id and first.count(gemma_tokenizer.bos_token_id) == 1
+    text = gemma_tokenizer.decode(first[1:-1])
+    kept = _lines(job / "kept")
+    assert len(text) == kept[0]["metadata"]["chars"]
+    assert stream.count(gemma_tokenizer.bos_token_id) <= len(kept)
