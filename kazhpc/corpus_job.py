@@ -15,7 +15,6 @@ every trained-on document), ``rejects/<step>/`` (every dropped document with its
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
     from kazhpc.jobspec import JobContext
 
-log = logging.getLogger(__name__)
 
 #: Documents of each source read by preflight to refuse an empty or non-Kazakh corpus early.
 PREVIEW_DOCUMENTS = 20
@@ -92,7 +90,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
-def _target_tokenizer(ctx: JobContext, folder: Path) -> tuple[Path, str, str]:
+def _target_tokenizer(ctx: JobContext, folder: Path) -> Path:
     """The tokenizer the blocks are made with, saved to ``folder`` (datatrove reads tokenizer.json):
     an earlier extend-vocab stage's when the stage reads one, else the model's."""
     from kazhpc.models import load_tokenizer
@@ -103,7 +101,7 @@ def _target_tokenizer(ctx: JobContext, folder: Path) -> tuple[Path, str, str]:
     tokenizer.save_pretrained(str(folder))
     if not (folder / "tokenizer.json").is_file():
         raise KazhpcError(f"model source '{cfg.model.source}': no fast tokenizer (tokenizer.json) to make blocks with")
-    return folder, tokenizer.bos_token, tokenizer.eos_token
+    return folder
 
 
 def _fresh_work(job_dir: Path, inputs: dict[str, Any]) -> None:
@@ -120,19 +118,14 @@ def _fresh_work(job_dir: Path, inputs: dict[str, Any]) -> None:
 
 def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.config import DecontaminationConfig
-    from kazhpc.data.corpus.flow import CorpusLayout, pipelines, run_stages
-    from kazhpc.data.corpus.report import corpus_manifest, corpus_table
+    from kazhpc.data.corpus.build import build_corpus
 
     cfg, section = ctx.cfg, ctx.cfg.corpus
     _fresh_work(ctx.job_dir, ctx.inputs)
-    out = CorpusLayout(ctx.job_dir)
-    tokenizer_dir, bos, eos = _target_tokenizer(ctx, ctx.job_dir / "tokenizer")
+    tokenizer_dir = _target_tokenizer(ctx, ctx.job_dir / "tokenizer")
     decontamination = DecontaminationConfig(files=decontamination_files(cfg), ngram=section.decontamination.ngram,
                                             evaluation_files=False)
-    stages = pipelines(section, decontamination, str(tokenizer_dir), bos, eos, out)
-    stats = run_stages(stages, section, out, on_stage=lambda name: log.info("corpus: datatrove stage %s", name))
-    manifest = corpus_manifest(section, out, stats, str(tokenizer_dir))
-    (ctx.job_dir / "corpus.md").write_text(corpus_table(manifest), encoding="utf-8")
+    manifest = build_corpus(section, decontamination, ctx.job_dir, tokenizer_dir)
     ctx.tracking.log_metrics({k: v for k, v in manifest["counts"].items() if isinstance(v, (int, float))})
     ctx.tracking.log_metrics({f"dropped_{k}": v for k, v in manifest["dropped_by_reason"].items()})
     ctx.tracking.log_artifact(ctx.job_dir / "corpus.md")

@@ -79,7 +79,7 @@ JOB_TYPES: tuple[JobType, ...] = (
     JobType("corpus", "kazhpc.corpus_job",
             "Clean, filter, deduplicate (MinHash) and tokenize raw Kazakh text into packed blocks for continued pretraining (datatrove).",
             needs=("extend-vocab",), table="corpus.md"),
-    JobType("train", "kazhpc.train.qlora",
+    JobType("train", "kazhpc.train.job",
             "QLoRA-train an adapter: SFT on a preprocess stage's conversations, or CPT on a corpus stage's blocks; "
             "or go on training an earlier stage's (resumes after preemption).",
             needs=("extend-vocab", "corpus", "preprocess", "train"), distributed=True, preemptible=True),

@@ -91,21 +91,29 @@ def _lines(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus_runs(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict[int, Path]:
-    from kazhpc.runner import run_pipeline
+    """The library's stages on the fixture corpus with the base Gemma-3 tokenizer, with 1 task and
+    with 3 tasks on 2 worker processes (the job itself runs in conftest.cpt_sft_run)."""
+    from kazhpc.config import DecontaminationConfig
+    from kazhpc.config.corpus import TextCorpusConfig
+    from kazhpc.data.corpus.build import build_corpus
+    from kazhpc.models import bundled_checkpoint_dir
 
     tmp = tmp_path_factory.mktemp("corpus")
+    tokenizer = bundled_checkpoint_dir("gemma3-270m", model_cache)
     runs = {}
     for tasks, workers in ((1, 1), (3, 2)):
-        cfg = corpus_config(tmp / f"t{tasks}", CORPUS, f"cache_dir={model_cache}", f"corpus.tasks={tasks}",
-                            f"corpus.workers={workers}", "corpus.heldout_fraction=0.1",
-                            f"corpus.decontamination.files=[{BELEBELE}]")
-        runs[tasks] = run_pipeline(cfg) / "corpus"
+        section = TextCorpusConfig(sources=[{"name": "kk", "path": str(CORPUS)}], tasks=tasks, workers=workers,
+                                   minhash={"buckets": 4}, blocks={"length": 64}, heldout_fraction=0.1)
+        folder = tmp / f"tasks-{tasks}"
+        manifest = build_corpus(section, DecontaminationConfig(files=[str(BELEBELE)]), folder, tokenizer)
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")  # as the runner would
+        runs[tasks] = folder
     return runs
 
 
 @pytest.mark.slow
-def test_every_planted_fault_is_dropped_counted_and_kept(corpus_runs: dict[int, Path]) -> None:
-    job = corpus_runs[1]
+def test_every_planted_fault_is_dropped_counted_and_kept(cpt_sft_run: dict) -> None:
+    job = cpt_sft_run["run_dir"] / "corpus"  # the job, in configs/pipelines/kazakh-cpt-sft.yaml
     manifest = json.loads((job / "manifest.json").read_text())
     counts, dropped = manifest["counts"], manifest["dropped_by_reason"]
     assert counts["unaccounted"] == 0

@@ -192,21 +192,11 @@ def test_kazakh_corpus_checks(tmp_path: Path, model_cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
-    """extend-vocab (K=150, a 1-step adaptation) → preprocess → train (QLoRA + the new rows)."""
-    from kazhpc.runner import run_pipeline
-
-    tmp = tmp_path_factory.mktemp("extend-pipeline")
-    cfg = config(
-        tmp, model_cache,
-        "jobs=[extend-vocab, preprocess, train]",
-        f"extend_vocab.corpus={{path: {KK}}}", f"extend_vocab.english={{path: {EN}, language: en}}",
-        "extend_vocab.new_tokens=150", "extend_vocab.k_curve=[50, 100000]",
-        "extend_vocab.bpc_texts=4", "extend_vocab.adapt_steps=1", "extend_vocab.adapt_batch_size=2",
-        "extend_vocab.adapt_max_length=32", "extend_vocab.check_language=false",
-        "train.max_steps=6", "train.loss_check_rows=4", "train.max_length=256",
-    )  # fmt: skip
-    return run_pipeline(cfg)
+def pipeline(cpt_sft_run: dict) -> Path:
+    """The session's run of configs/pipelines/kazakh-cpt-sft.yaml (conftest.cpt_sft_run): extend-vocab
+    (K=150, a 1-step adaptation) → corpus → train-cpt (the new rows trainable) → preprocess →
+    train-sft (QLoRA, going on from train-cpt's adapter) → evaluate."""
+    return cpt_sft_run["run_dir"]
 
 
 @pytest.mark.slow
@@ -265,17 +255,17 @@ def test_new_rows_are_the_scaled_mean_of_their_pieces(pipeline: Path, model_cach
 def test_the_train_job_fine_tunes_the_extended_model(pipeline: Path) -> None:
     from safetensors import safe_open
 
-    train = json.loads((pipeline / "train" / "manifest.json").read_text())
+    train = json.loads((pipeline / "train-sft" / "manifest.json").read_text())
     assert train["base_model"] == str(pipeline / "extend-vocab" / "model")
     assert train["new_token_rows_trained"] == 150
-    card = (pipeline / "train" / "adapter" / "README.md").read_text(encoding="utf-8")
+    card = (pipeline / "train-sft" / "adapter" / "README.md").read_text(encoding="utf-8")
     assert f"(config hash {train['config_hash']})" in card  # the run's, not the swapped model config's
     assert train["loss_check"]["adapter"] < train["loss_check"]["base"]
-    with safe_open(str(pipeline / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+    with safe_open(str(pipeline / "train-sft" / "adapter" / "adapter_model.safetensors"), "pt") as f:
         token_keys = [k for k in f.keys() if "trainable_tokens" in k]
         assert token_keys, list(f.keys())[:5]
         assert f.get_tensor(token_keys[0]).shape[0] == 150
-    saved = json.loads((pipeline / "train" / "adapter" / "tokenizer.json").read_text(encoding="utf-8"))
+    saved = json.loads((pipeline / "train-sft" / "adapter" / "tokenizer.json").read_text(encoding="utf-8"))
     assert len(saved["model"]["vocab"]) == json.loads((pipeline / "extend-vocab" / "manifest.json").read_text())["model"]["rows"]
 
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     # job adapters: a job type's spec and its glue from a run directory to a library
     "kazhpc.jobspec": 3, "kazhpc.parts": 3, "kazhpc.prepare_model": 3, "kazhpc.preprocess": 3, "kazhpc.corpus_job": 3,
     "kazhpc.tokenization.job": 3, "kazhpc.tokenization.extend_job": 3, "kazhpc.evaluation.job": 3,
-    "kazhpc.train.qlora": 3, "kazhpc.train.stage_inputs": 3,
+    "kazhpc.train.qlora": 3, "kazhpc.train.stage_inputs": 3, "kazhpc.train.cpt": 3, "kazhpc.train.job": 3,
     # pipeline: run directories, the runner
     "kazhpc.runner": 4,
     # launch: cluster profiles, the SLURM step plan, submit / render / status

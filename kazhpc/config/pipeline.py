@@ -95,6 +95,9 @@ class PipelineConfig(Strict):
             else:
                 self._sections[stage.name] = top
             self._upstream[stage.name] = upstream_stages(self.stages, index)
+            if stage.job == "train":  # each objective reads one kind of data
+                unused = "preprocess" if self._sections[stage.name].objective == "cpt" else "corpus"
+                self._upstream[stage.name].pop(unused, None)
         for stage in self.stages:
             check_stage(self, stage)
         return self

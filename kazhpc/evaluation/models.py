@@ -74,6 +74,11 @@ def load_for_eval(model: ModelUnderTest, cache_root: Path) -> tuple[Any, Any]:
     adapted = PeftModel.from_pretrained(base, str(model.adapter))
     if model.kind == "merged":
         return adapted.merge_and_unload().eval(), tokenizer
+    if adapted.peft_config["default"].trainable_token_indices:
+        # Trained embedding rows (an extended vocabulary): peft wraps embed_tokens, and ties
+        # lm_head to the wrapper itself. lm-eval calls tie_weights() again, and transformers then
+        # looks for embed_tokens.weight, which the wrapper hides: the weights are tied already.
+        adapted.tie_weights = lambda *args, **kwargs: None
     return adapted.eval(), tokenizer
 
 

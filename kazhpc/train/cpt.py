@@ -1,0 +1,332 @@
+"""The train job's ``objective: cpt``: continued pretraining on a corpus stage's packed blocks.
+
+Loss on every token of each block (no chat template, no answer mask). LoRA or QLoRA as for SFT,
+with embedding rows trainable (``train.trainable_embeddings``: an extended vocabulary's new rows,
+all rows, or none; Gemma-3's ``lm_head`` is tied to them). The blocks are read memory-mapped
+(kazhpc.data.corpus.blocks), so memory does not grow with the corpus. ``train.max_tokens`` is the
+budget: it sets the number of optimizer steps, and a budget the corpus cannot fill in
+``train.epochs`` passes is refused before the model loads. Preemption and resume are the SFT
+path's (the Trainer's checkpoint holds the data position).
+
+Measured, in MLflow and the manifest: tokens and characters seen, tokens/s and characters/s, and
+bits per character on held-out Kazakh (the corpus stage's held-out documents) and held-out English
+(``train.cpt.heldout_english``). Before and after are scored on one freshly loaded object, the
+adapter switched off and on (so both are the same kind of model on any device); every
+``train.cpt.eval_steps`` steps the training object is scored too, for the curve, except with
+4-bit weights on a CPU, where a no-grad forward corrupts the LoRA gradients that follow
+(kazhpc.train.guard). The run fails if the adapter does not lower the loss on training blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kazhpc.errors import KazhpcError
+
+if TYPE_CHECKING:
+    from kazhpc.config import PipelineConfig
+    from kazhpc.jobspec import JobContext
+
+log = logging.getLogger(__name__)
+
+
+def tokens_per_step(cfg: PipelineConfig, block_length: int) -> int:
+    t = cfg.train
+    return block_length * t.per_device_batch_size * t.gradient_accumulation_steps * t.distributed.world_size
+
+
+def planned_steps(cfg: PipelineConfig, blocks: int, block_length: int, corpus_stage: str) -> int:
+    """Optimizer steps for the token budget (``max_tokens``), else ``max_steps``, else ``epochs``;
+    refuses a budget the corpus cannot fill in ``epochs`` passes, saying what it holds."""
+    t = cfg.train
+    per_step = tokens_per_step(cfg, block_length)
+    available = blocks * block_length
+    if t.max_tokens is not None:
+        if t.max_tokens > available * t.epochs:
+            raise KazhpcError(
+                f"train.max_tokens: {t.max_tokens:,} tokens, but the {corpus_stage} stage's blocks hold {available:,} "
+                f"({blocks:,} blocks of {block_length}) and train.epochs is {t.epochs:g}; lower the budget, "
+                f"raise train.epochs to {math.ceil(t.max_tokens / available)}, or add text"
+            )
+        return max(1, math.ceil(t.max_tokens / per_step))
+    if t.max_steps != -1:
+        return t.max_steps
+    return max(1, math.ceil(blocks * t.epochs / (per_step // block_length)))
+
+
+def trainable_rows(cfg: PipelineConfig, new_token_ids: list[int], vocab: int) -> list[int]:
+    rule = cfg.train.trainable_embeddings
+    return {"new": new_token_ids, "all": list(range(vocab)), "none": []}[rule]
+
+
+def heldout_texts(ctx: JobContext, cfg: PipelineConfig) -> dict[str, list[str]]:
+    """Held-out Kazakh (the corpus stage's held-out documents) and English passages to score."""
+    import gzip
+    import json
+
+    from kazhpc.evaluation.perplexity import read_passages
+
+    manifest = ctx.manifest_of("corpus")
+    kk: list[str] = []
+    for path in sorted(Path(manifest["heldout_dir"]).glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            kk += [json.loads(line)["text"] for line in f]
+    n = cfg.train.cpt.heldout_texts
+    english, _ = read_passages(cfg.train.cpt.heldout_english, "train.cpt.heldout_english")
+    texts = {"kk": kk[:n], "en": english[:n]}
+    if not texts["kk"]:
+        log.warning("%s: the corpus stage held out no document (corpus.heldout_fraction); no Kazakh held-out score",
+                    ctx.job_dir.name)
+        del texts["kk"]
+    return texts
+
+
+def score_heldout(model: Any, tokenizer: Any, texts: dict[str, list[str]], max_length: int) -> dict[str, float]:
+    """Bits per character (and per token) of each held-out set; leaves the model in train mode."""
+    from kazhpc.evaluation.perplexity import score_texts
+
+    was_training = model.training
+    scores: dict[str, float] = {}
+    for language, passages in texts.items():
+        result = score_texts(model, tokenizer, passages, max_length=max_length, batch_size=4)
+        scores[f"heldout_{language}_bits_per_char"] = result.bits_per_char
+        scores[f"heldout_{language}_loss"] = result.loss
+    if was_training:
+        model.train()
+    return scores
+
+
+def read_curve(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    """The held-out rows an earlier attempt of this stage scored, up to the step it resumes from
+    (a preempted run keeps its curve; rows past its checkpoint are scored again)."""
+    import json
+
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def heldout_callback(texts: dict[str, list[str]], tokenizer: Any, cfg: PipelineConfig, per_step: int,
+                     chars_per_token: float, tracking: Any, history: list[dict[str, float]], curve_file: Path) -> Any:
+    """Scores the held-out sets at the start, every ``eval_steps``, and at the end of training;
+    each row is appended to ``history`` and to ``curve_file``."""
+    import json
+
+    from transformers import TrainerCallback
+
+    every = cfg.train.cpt.eval_steps
+    max_length = cfg.train.cpt.heldout_max_length
+    curve_file.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    for row in history:  # a resumed attempt's MLflow run gets the whole curve
+        tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+
+    class HeldoutCallback(TrainerCallback):
+        def _score(self, state: Any, model: Any) -> None:
+            if not state.is_world_process_zero or any(r["step"] == state.global_step for r in history):
+                return
+            tokens = state.global_step * per_step
+            row = {"step": state.global_step, "tokens_seen": tokens, "chars_seen": round(tokens * chars_per_token),
+                   **score_heldout(model, tokenizer, texts, max_length)}
+            history.append(row)
+            with curve_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            tracking.log_metrics({k: v for k, v in row.items() if k != "step"}, step=state.global_step)
+            log.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if "bits" in k))
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self._score(state, model)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if every and state.global_step % every == 0:
+                self._score(state, model)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self._score(state, model)
+
+    return HeldoutCallback()
+
+
+def training_arguments(cfg: PipelineConfig, output_dir: Path, steps: int) -> Any:
+    from transformers import TrainingArguments
+
+    from kazhpc.train import distributed
+    from kazhpc.train.qlora import _device
+
+    t = cfg.train
+    device = _device()
+    cpu_deepspeed = device == "cpu" and t.distributed.deepspeed is not None
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        bf16=cfg.model.dtype == "bfloat16" and (device == "cuda" or (t.quantization is not None and not cpu_deepspeed)),
+        fp16=cfg.model.dtype == "float16" and device == "cuda",
+        use_cpu=device == "cpu" and not cpu_deepspeed,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **distributed.trainer_kwargs(t, device),
+    )
+
+
+def reload_with_adapter(cfg: PipelineConfig, adapter_dir: Path) -> Any:
+    """A fresh base model with the saved adapter (not the training object: kazhpc.train.guard)."""
+    from peft import PeftModel
+
+    from kazhpc.models import load_model
+    from kazhpc.train.qlora import _device, quantization_config
+
+    bnb = quantization_config(cfg) if _device() == "cuda" else None
+    base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
+                      **({"quantization_config": bnb} if bnb is not None else {}))
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def block_loss(model: Any, blocks: Any, count: int) -> float:
+    """Mean token loss over the first ``count`` training blocks (the end-of-run check)."""
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(min(count, len(blocks))):
+            ids = blocks[i]["input_ids"].unsqueeze(0).to(model.device)
+            total += float(model(input_ids=ids, labels=ids).loss)
+    return total / max(min(count, len(blocks)), 1)
+
+
+def _corpus_blocks(ctx: JobContext, tokenizer: Any) -> tuple[Any, dict[str, Any], str]:
+    from kazhpc.data.corpus.blocks import PackedBlocks
+
+    manifest = ctx.manifest_of("corpus")
+    stage = ctx.upstream_dir("corpus").name  # type: ignore[union-attr]  # manifest_of raised otherwise
+    made = manifest["blocks"]
+    if made["vocab_size"] != len(tokenizer):
+        raise KazhpcError(
+            f"{ctx.job_dir.name}: the {stage} stage's blocks were made with a tokenizer of {made['vocab_size']:,} tokens, "
+            f"but this stage trains a model whose tokenizer has {len(tokenizer):,}; read the same extend-vocab stage in both"
+        )
+    blocks = PackedBlocks([Path(f) for f in made["files"]], made["length"], made["token_bytes"])
+    return blocks, manifest, stage
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    from peft import get_peft_model
+    from transformers import Trainer, default_data_collator
+
+    from kazhpc.models import load_tokenizer
+    from kazhpc.train import distributed
+    from kazhpc.train.guard import ensure_trainable
+    from kazhpc.train.qlora import _device, load_for_training, lora_config, peak_memory_gb, tracking_callback
+    from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resume, last_checkpoint
+    from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training
+
+    cfg, new_token_ids = extended_model_for_training(ctx)
+    continued = earlier_adapter(ctx, cfg.model.source)
+    preemption = PreemptionHandler(cfg.train.preemption_signal).install()
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
+    blocks, corpus, corpus_stage = _corpus_blocks(ctx, tokenizer)
+    length = blocks.length
+    steps = planned_steps(cfg, len(blocks), length, corpus_stage)  # before the model loads
+    per_step = tokens_per_step(cfg, length)
+    chars_per_token = corpus["counts"]["chars_kept"] / max(corpus["counts"]["tokens"], 1)
+    texts = heldout_texts(ctx, cfg)
+    # 4-bit weights on a CPU: no no-grad forward of the training object (kazhpc.train.guard).
+    in_training = not (cfg.train.quantization is not None and _device() == "cpu")
+    checkpoints = ctx.job_dir / "checkpoints"
+    args = training_arguments(cfg, checkpoints, steps)
+    model = load_for_training(cfg)
+    ensure_trainable(model)
+    rows = trainable_rows(cfg, new_token_ids, len(tokenizer))
+    model = continue_adapter(model, continued) if continued is not None else get_peft_model(model, lora_config(cfg, rows))
+    if cfg.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    resumed_from = last_checkpoint(checkpoints) if cfg.train.resume else None
+    resumed_step = int(resumed_from.name.rpartition("-")[2]) if resumed_from else 0
+    curve_file = ctx.job_dir / "heldout-curve.jsonl"
+    history = read_curve(curve_file, resumed_step)
+    callbacks = [tracking_callback(ctx.tracking), preemption.callback()]
+    if in_training:
+        callbacks.append(heldout_callback(texts, tokenizer, cfg, per_step, chars_per_token, ctx.tracking, history, curve_file))
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator, callbacks=callbacks)
+    if resumed_from is not None:
+        log.info("resuming from %s (optimizer, scheduler, RNG and data position)", resumed_from)
+        keep_trainable_dtypes_on_resume(trainer)
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    finally:
+        preemption.uninstall()
+    if preemption.requested:
+        preemption.hand_over(last_checkpoint(checkpoints))
+    seconds = time.time() - started
+    adapter_dir = ctx.job_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if not trainer.is_world_process_zero():
+        return {}
+    tokenizer.save_pretrained(str(adapter_dir))
+    adapter_tensors = distributed.check_adapter(adapter_dir)
+    losses = [h for h in trainer.state.log_history if "loss" in h]
+    del trainer, model
+    distributed.forget_deepspeed()
+    # Before and after on one fresh object (as the SFT loss check: on a GPU as trained, in 4 bit;
+    # on a CPU in bf16): the adapter switched off is the model CPT started from.
+    scored = reload_with_adapter(cfg, adapter_dir)
+    max_length = cfg.train.cpt.heldout_max_length
+    after = score_heldout(scored, tokenizer, texts, max_length)
+    adapter_loss = block_loss(scored, blocks, cfg.train.loss_check_rows)
+    with scored.disable_adapter():
+        before = score_heldout(scored, tokenizer, texts, max_length)
+        base_loss = block_loss(scored, blocks, cfg.train.loss_check_rows)
+    del scored
+    check_blocks = cfg.train.loss_check_rows
+    if check_blocks and adapter_loss >= base_loss:
+        raise KazhpcError(f"train: CPT does not lower the loss on {check_blocks} training blocks "
+                          f"(without the adapter {base_loss:.4f}, with it {adapter_loss:.4f}); it is in {adapter_dir}")
+    tokens_seen = int(result.global_step) * per_step
+    ctx.tracking.log_metrics({**{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}})
+    metrics = {"train_loss": float(result.training_loss), "train_seconds": seconds, "tokens_seen": tokens_seen,
+               "chars_seen": round(tokens_seen * chars_per_token), "tokens_per_s": tokens_seen / max(seconds, 1e-9),
+               "chars_per_s": tokens_seen * chars_per_token / max(seconds, 1e-9),
+               "loss_check_base": base_loss, "loss_check_adapter": adapter_loss, "peak_memory_gb": peak_memory_gb()}
+    ctx.tracking.log_metrics(metrics)
+    manifest: dict[str, Any] = {
+        "objective": "cpt",
+        "adapter": str(adapter_dir),
+        "base_model": cfg.model.source,
+        "corpus": {"stage": corpus_stage, "blocks": len(blocks), "block_length": length, "sha256": corpus["blocks"]["sha256"]},
+        "steps": int(result.global_step),
+        "tokens_per_step": per_step,
+        "max_tokens": cfg.train.max_tokens,
+        **{k: v for k, v in metrics.items() if k != "peak_memory_gb"},
+        "heldout": {"before": before, "after": after, "during_training": history,
+                    "texts": {k: len(v) for k, v in texts.items()}},
+        "loss_check": {"rows": check_blocks, "base": base_loss, "adapter": adapter_loss},
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "continued_from": str(continued) if continued else None,
+        "train_loss": float(result.training_loss),
+        "new_token_rows_trained": len(rows),
+        "adapter_tensors": adapter_tensors,
+        "history": losses,
+        "device": _device(),
+        "peak_memory_gb": round(peak_memory_gb(), 3),
+    }
+    manifest["files"] = {p.name: p.stat().st_size for p in sorted(adapter_dir.iterdir())}
+    ctx.tracking.log_artifact(adapter_dir, artifact_path="adapter")
+    return manifest
