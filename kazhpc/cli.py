@@ -132,6 +132,64 @@ def init(
         print(new_run_dir(cfg))
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="a pipeline config, or a sweep file (configs/sweeps/)"),
+    axes: Optional[List[str]] = typer.Argument(None, help="key=v1,v2 (a grid over every axis) or key=value (for every variant)",
+                                               show_default=False),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="STAGE.path.in.manifest to compare (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the variants; run nothing"),
+) -> None:
+    """Run variants of one config here, one after another, as sibling MLflow runs under one parent;
+    then write the comparison table and plot (kazhpc compare)."""
+    from kazhpc.sweep import SweepSpec, compare, grid, load_variants, read_sweep_file, run_sweep, split_values
+
+    setup_logging()
+    with report_errors():
+        items = list(axes or [])
+        if config.suffix in (".yaml", ".yml") and config.is_file() and _is_sweep_file(config):
+            spec = read_sweep_file(config)
+            spec.overrides += items
+        else:
+            varying = [a for a in items if len(split_values(a.partition("=")[2] or "x")) > 1]
+            if not varying:
+                raise KazhpcError("sweep: give at least one axis key=v1,v2 (or a sweep file)")
+            fixed = [a for a in items if a not in varying]
+            spec = SweepSpec(config.stem, config.resolve(), fixed, grid(varying))
+        spec.metrics = list(metric or []) or spec.metrics
+        variants = load_variants(spec)
+        for variant in variants:
+            out.print(f"variant {variant.name}: {' '.join(variant.overrides) or '(the config as it is)'}", highlight=False)
+        if dry_run:
+            return
+        folder = run_sweep(spec)
+        out.print(f"sweep folder: {folder}", highlight=False)
+        if spec.metrics:
+            out.print((compare(folder, spec.metrics)).read_text(encoding="utf-8"), highlight=False)
+
+
+def _is_sweep_file(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "config" in data and ("variants" in data or "grid" in data)
+
+
+@app.command(name="compare")
+def compare_command(
+    sweep_dir: Path = typer.Argument(..., help="a sweep folder (kazhpc sweep prints it)"),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="STAGE.path.in.manifest (repeatable; default: the sweep's)"),
+) -> None:
+    """Compare a sweep's variants: compare.md / .csv / .png in its folder, and the winner by its rule."""
+    from kazhpc.sweep import compare
+
+    with report_errors():
+        out.print(compare(sweep_dir, list(metric or [])).read_text(encoding="utf-8"), highlight=False)
+
+
 # -- one command per job type, derived from kazhpc.registry ------------------------------------
 
 

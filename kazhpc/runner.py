@@ -120,9 +120,12 @@ def set_job_state(run_dir: Path, job: str, **fields: Any) -> None:
 
 
 def run_pipeline(
-    cfg: PipelineConfig, run_dir: Path | None = None, only: list[str] | None = None, force: bool = False
+    cfg: PipelineConfig, run_dir: Path | None = None, only: list[str] | None = None, force: bool = False,
+    tags: dict[str, str] | None = None, on_run_dir: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run the configured stages (or ``only`` those) in order in this process; return the run dir.
+    ``tags``: more tags for its MLflow run (a sweep's); ``on_run_dir`` is told the run directory
+    before the first stage starts.
 
     Joining a run directory resumes it: a stage that completed from exactly today's inputs is
     reused, one whose inputs changed since (a source file edited, an upstream stage redone) runs
@@ -148,8 +151,11 @@ def run_pipeline(
         raise KazhpcError("a job launched as several processes needs --run-dir: its ranks must share one run directory")
     run_dir = run_dir or new_run_dir(cfg)
     tracker = Tracker(cfg.tracking, cfg.runs_root, run_dir)
-    tags = run_tags(cfg.config_hash())
+    tags = {**run_tags(cfg.config_hash()), **(tags or {})}
     tracker.start_pipeline(cfg.name, flatten(cfg.resolved_dict()), tags, run_dir / "config.yaml")
+    tags.pop("mlflow.parentRunId", None)  # the stages' parent is this run, not the sweep's
+    if on_run_dir is not None:
+        on_run_dir(run_dir)
     status = "FINISHED"
     joined = read_state(run_dir).get("jobs", {})
     try:
