@@ -47,9 +47,10 @@ def test_cpt_trains_on_the_blocks_within_its_budget_and_lowers_held_out_kazakh(c
     assert cpt["new_token_rows_trained"] == 150  # the extension's rows (train.trainable_embeddings: new)
     assert cpt["loss_check"]["adapter"] < cpt["loss_check"]["base"]
     before, after = cpt["heldout"]["before"], cpt["heldout"]["after"]
-    assert cpt["heldout"]["texts"] == {"kk": corpus["counts"]["documents_heldout"], "en": 8}
+    assert cpt["heldout"]["texts"] == {"kk": corpus["counts"]["documents_heldout"], "en": 8, "kk_ood": 8}
     assert after["heldout_kk_bits_per_char"] < before["heldout_kk_bits_per_char"]
     assert 0.3 < after["heldout_en_bits_per_char"] < 3 and 0.3 < after["heldout_kk_bits_per_char"] < 8
+    assert 0.3 < after["heldout_kk_ood_bits_per_char"] < 8  # Kazakh of other genres (train.cpt.heldout_extra)
     curve = cpt["heldout"]["during_training"]
     assert [row["step"] for row in curve] == [0, 4, 8]
     # Scored on the training object at step 0, on a fresh reload with the adapter off: the same model.

@@ -65,13 +65,29 @@ class CptSettings(Strict):
     heldout_english: str = Field(
         "builtin:en-heldout", description="English passages (text, one per line): what CPT must not break"
     )
-    heldout_texts: int = Field(32, gt=0, description="at most this many held-out passages per language")
+    heldout_extra: dict[str, str] = Field(
+        default_factory=lambda: {"kk_ood": "builtin:kk-ood"},
+        description="more held-out sets, name → passages (one per line): by default 52 Kazakh passages of "
+        "other genres (encyclopedic, conversational, legal, literary), out of the corpus's domain",
+    )
+    heldout_texts: int = Field(32, gt=0, description="at most this many held-out passages per set")
     heldout_max_length: int = Field(256, gt=1, description="tokens per held-out passage, longer ones cut")
 
     @field_validator("heldout_english")
     @classmethod
     def _path(cls, value: str) -> str:
         return absolute_path(value) if value.startswith(PATH_PREFIXES) else value
+
+    @field_validator("heldout_extra")
+    @classmethod
+    def _names_and_paths(cls, sets: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name in sets:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("kk", "en"):
+                raise ValueError(f"held-out set name {name!r}: lower-case letters, digits and _, not kk or en "
+                                 "(they name the metric heldout_<name>_bits_per_char)")
+        return {k: absolute_path(v) if v.startswith(PATH_PREFIXES) else v for k, v in sets.items()}
 
 
 class TrainConfig(Strict):

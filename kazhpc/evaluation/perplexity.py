@@ -105,8 +105,9 @@ def score_texts(
 
 
 BUILTIN_TEXTS = "builtin:kk-sentences"
-#: Passage files shipped in kazhpc/resources (``builtin:NAME``): Kazakh sentences, English passages.
-BUILTIN_NAMES = ("kk-sentences", "en-heldout")
+#: Passage files shipped in kazhpc/resources (``builtin:NAME``): Kazakh sentences, English passages,
+#: and Kazakh passages of four genres outside a news or web corpus (out of domain for CPT).
+BUILTIN_NAMES = ("kk-sentences", "en-heldout", "kk-ood")
 
 
 def read_passages(spec: str, key: str) -> tuple[list[str], str]:

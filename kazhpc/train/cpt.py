@@ -9,8 +9,9 @@ budget: it sets the number of optimizer steps, and a budget the corpus cannot fi
 path's (the Trainer's checkpoint holds the data position).
 
 Measured, in MLflow and the manifest: tokens and characters seen, tokens/s and characters/s, and
-bits per character on held-out Kazakh (the corpus stage's held-out documents) and held-out English
-(``train.cpt.heldout_english``). Before and after are scored on one freshly loaded object, the
+bits per character on held-out Kazakh (the corpus stage's held-out documents), held-out English
+(``train.cpt.heldout_english``) and the sets of ``train.cpt.heldout_extra`` (by default 52 Kazakh
+passages of other genres, out of the corpus's domain). Before and after are scored on one freshly loaded object, the
 adapter switched off and on (so both are the same kind of model on any device); every
 ``train.cpt.eval_steps`` steps the training object is scored too, for the curve, except with
 4-bit weights on a CPU, where a no-grad forward corrupts the LoRA gradients that follow
@@ -64,7 +65,7 @@ def trainable_rows(cfg: PipelineConfig, new_token_ids: list[int], vocab: int) ->
 
 
 def heldout_texts(ctx: JobContext, cfg: PipelineConfig) -> dict[str, list[str]]:
-    """Held-out Kazakh (the corpus stage's held-out documents) and English passages to score."""
+    """Held-out Kazakh (the corpus stage's held-out documents), English and the extra sets' passages."""
     import gzip
     import json
 
@@ -78,6 +79,8 @@ def heldout_texts(ctx: JobContext, cfg: PipelineConfig) -> dict[str, list[str]]:
     n = cfg.train.cpt.heldout_texts
     english, _ = read_passages(cfg.train.cpt.heldout_english, "train.cpt.heldout_english")
     texts = {"kk": kk[:n], "en": english[:n]}
+    for name, spec in cfg.train.cpt.heldout_extra.items():
+        texts[name] = read_passages(spec, f"train.cpt.heldout_extra.{name}")[0][:n]
     if not texts["kk"]:
         log.warning("%s: the corpus stage held out no document (corpus.heldout_fraction); no Kazakh held-out score",
                     ctx.job_dir.name)

@@ -26,6 +26,8 @@ def preflight(cfg: PipelineConfig) -> list[str]:
         from kazhpc.evaluation.perplexity import read_passages
 
         read_passages(cfg.train.cpt.heldout_english, "train.cpt.heldout_english")
+        for name, spec in cfg.train.cpt.heldout_extra.items():
+            read_passages(spec, f"train.cpt.heldout_extra.{name}")
         if cfg.train.packing:
             warnings.append("train.packing is for SFT conversations; CPT blocks are packed by the corpus stage")
     return warnings
