@@ -138,7 +138,7 @@ def sweep(
     axes: Optional[List[str]] = typer.Argument(None, help="key=v1,v2 (a grid over every axis) or key=value (for every variant)",
                                                show_default=False),
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="STAGE.path.in.manifest to compare (repeatable)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the variants; run nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and preflight every variant, list them; run nothing"),
 ) -> None:
     """Run variants of one config here, one after another, as sibling MLflow runs under one parent;
     then write the comparison table and plot (kazhpc compare)."""
@@ -161,6 +161,10 @@ def sweep(
         for variant in variants:
             out.print(f"variant {variant.name}: {' '.join(variant.overrides) or '(the config as it is)'}", highlight=False)
         if dry_run:
+            from kazhpc.sweep import preflight_variants
+
+            for warning in preflight_variants(variants):
+                err.print(labelled("warning:", "yellow", warning), highlight=False)
             return
         folder = run_sweep(spec)
         out.print(f"sweep folder: {folder}", highlight=False)

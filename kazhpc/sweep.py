@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError, read_json_file
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -168,6 +171,20 @@ def load_variants(spec: SweepSpec) -> list[Variant]:
     return spec.variants
 
 
+def preflight_variants(variants: list[Variant]) -> list[str]:
+    """Every variant's preflight (kazhpc validate's checks), all before the first one runs: a
+    variant that cannot start fails the sweep now, not after the others spent their hours."""
+    from kazhpc.runner import preflight
+
+    warnings = []
+    for variant in variants:
+        try:
+            warnings += [f"{variant.name}: {w}" for w in preflight(variant.cfg)]
+        except KazhpcError as exc:
+            raise KazhpcError(f"variant {variant.name}: {exc}") from None
+    return warnings
+
+
 # --------------------------------------------------------------------------------------------
 # Running
 
@@ -179,6 +196,8 @@ def run_sweep(spec: SweepSpec) -> Path:
     from kazhpc.tracking import Tracker, run_tags
 
     variants = load_variants(spec)
+    for warning in preflight_variants(variants):
+        log.warning("sweep %s: %s", spec.name, warning)
     first = variants[0].cfg
     folder = first.runs_root / f"sweep-{_slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=False)
