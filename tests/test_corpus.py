@@ -120,7 +120,7 @@ def test_every_planted_fault_is_dropped_counted_and_kept(cpt_sft_run: dict) -> N
     assert {"bad_json": 1, "no_text_field": 1, "too_short": 1, "language_ru": 1, "contaminated": 1, "near_duplicate": 2}.items() <= dropped.items()
     rejected = {reason: {r["id"] for r in _lines(job / "rejects" / step)}
                 for reason, step in (("near_duplicate", "near_duplicate"), ("language", "language"), ("contaminated", "contaminated"))}
-    assert rejected["near_duplicate"] == {"kk/part3.jsonl/" + str(i) for i in _positions(job, {"exact-dup", "near-dup"})}
+    assert rejected["near_duplicate"] == {f"fixture/part3.jsonl/{i}" for i in _positions(job, {"exact-dup", "near-dup"})}
     assert len(rejected["language"]) == 1 and len(rejected["contaminated"]) == 1
     assert counts["documents_kept"] + counts["documents_heldout"] + counts["documents_dropped"] == counts["documents_read"]
     assert counts["blocks"] == counts["tokens"] // 64 and counts["blocks"] > 10

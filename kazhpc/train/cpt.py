@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,7 +236,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.train import distributed
     from kazhpc.train.guard import ensure_trainable
     from kazhpc.train.qlora import _device, load_for_training, lora_config, peak_memory_gb, tracking_callback
-    from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resume, last_checkpoint
+    from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
     from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training
 
     cfg, new_token_ids = extended_model_for_training(ctx)
@@ -268,17 +267,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if in_training:
         callbacks.append(heldout_callback(texts, tokenizer, cfg, per_step, chars_per_token, ctx.tracking, history, curve_file))
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator, callbacks=callbacks)
-    if resumed_from is not None:
-        log.info("resuming from %s (optimizer, scheduler, RNG and data position)", resumed_from)
-        keep_trainable_dtypes_on_resume(trainer)
-    started = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
-    finally:
-        preemption.uninstall()
-    if preemption.requested:
-        preemption.hand_over(last_checkpoint(checkpoints))
-    seconds = time.time() - started
+    result, seconds = train_resumably(trainer, checkpoints, resumed_from, preemption)
     adapter_dir = ctx.job_dir / "adapter"
     trainer.save_model(str(adapter_dir))
     if not trainer.is_world_process_zero():

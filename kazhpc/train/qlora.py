@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kazhpc.errors import KazhpcError
 from kazhpc.train import distributed
 from kazhpc.train.guard import ensure_trainable, watch
-from kazhpc.train.resume import PreemptionHandler, keep_trainable_dtypes_on_resume, last_checkpoint
+from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
 from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training, training_data
 
 if TYPE_CHECKING:
@@ -262,17 +262,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if new_token_ids:
         expose_tied_head_bias(trainer.model)  # trl's fused LM head and peft's tied trainable tokens
     resumed_from = last_checkpoint(checkpoints) if cfg.train.resume else None
-    if resumed_from is not None:
-        log.info("resuming from %s (optimizer, scheduler, RNG and data position)", resumed_from)
-        keep_trainable_dtypes_on_resume(trainer)
-    started = time.time()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
-    finally:
-        preemption.uninstall()
-    if preemption.requested:
-        preemption.hand_over(last_checkpoint(checkpoints))  # raises Preempted (requeued on the way out)
-    seconds = time.time() - started
+    result, seconds = train_resumably(trainer, checkpoints, resumed_from, preemption)
     adapter_dir = ctx.job_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # on every rank: under ZeRO-3 it gathers the sharded LoRA weights
     if not trainer.is_world_process_zero():

@@ -175,6 +175,24 @@ class PreemptionHandler:
                         + (" and it resumes from there" if "requeue" in how else ""), requeue)
 
 
+def train_resumably(trainer: Any, checkpoints: Path, resumed_from: Path | None,
+                    preemption: PreemptionHandler) -> tuple[Any, float]:
+    """``trainer.train()``, from ``resumed_from`` (the last complete checkpoint, or None); on the
+    preemption signal the trainer saved and stopped, and this hands over (raises Preempted).
+    Returns the train result and the seconds it took."""
+    if resumed_from is not None:
+        log.info("resuming from %s (optimizer, scheduler, RNG and data position)", resumed_from)
+        keep_trainable_dtypes_on_resume(trainer)
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    finally:
+        preemption.uninstall()
+    if preemption.requested:
+        preemption.hand_over(last_checkpoint(checkpoints))  # raises Preempted (requeued on the way out)
+    return result, time.time() - started
+
+
 def keep_trainable_dtypes_on_resume(trainer: Any) -> None:
     """Make a resumed run train the adapter in the dtype the interrupted run trained it in.
 
