@@ -86,7 +86,7 @@ def main() -> int:
     path = sweep_file(args.out, [int(k) for k in args.k.split(",")], args.passes, args.block)
     command = [str(Path(sys.executable).parent / "kazhpc"), "sweep", str(path), f"runs_root={args.out / 'runs'}",
                f"corpus.sources=[{{name: kaznerd, path: {corpus}}}]", f"corpus.blocks.length={args.block}",
-               "corpus.heldout_fraction=0.05", "corpus.decontamination.files=[]",
+               "corpus.heldout_fraction=0.15", "corpus.decontamination.files=[]",
                f"extend_vocab.corpus={{path: {plain}}}", "extend_vocab.k_curve=[]", "extend_vocab.adapt_steps=0"]
     return subprocess.run(command, cwd=REPO).returncode
 

@@ -289,6 +289,9 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
     metrics = metrics or record.get("metrics") or []
     if not metrics:
         raise KazhpcError(f"{folder}: no metrics to compare; pass --metric STAGE.path.in.manifest")
+    rule = record.get("winner") or {}
+    judged = [rule.get("lowest") or rule.get("highest"), (rule.get("within") or {}).get("metric")]
+    metrics = [*metrics, *[m for m in judged if m and m not in metrics]]  # the rule's values are shown too
     keys = sorted({k for v in record["variants"] for k in v["varied"]})
     rows = []
     for v in record["variants"]:
@@ -299,6 +302,9 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
         rows.append(row)
     winner, rule = pick_winner(rows, record.get("winner"))
     columns = ["variant", *keys, "status", *metrics]
+    for row in rows:  # a varied stage list reads as its stage names
+        if row.get("stages"):
+            row["stages"] = _stage_names(row["stages"])
     fmt = lambda x: "—" if x is None else (f"{x:.4g}" if isinstance(x, float) else str(x))  # noqa: E731
     lines = [f"# Sweep {record['name']}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
@@ -311,6 +317,18 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
         writer.writerows(rows)
     _plot(folder / "compare.png", rows, metrics)
     return folder / "compare.md"
+
+
+def _stage_names(value: str) -> str:
+    import yaml
+
+    try:
+        stages = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(stages, list) and all(isinstance(s, dict) and "name" in s for s in stages):
+        return " → ".join(s["name"] for s in stages)
+    return value
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], metrics: list[str]) -> None:

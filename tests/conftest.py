@@ -126,21 +126,23 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> di
 #: configs/pipelines/kazakh-cpt-sft.yaml at test scale: its stages as shipped, less evaluation work;
 #: the extension's K curve asks for more tokens than the corpus supports (test_extend_vocab).
 CPT_SFT_SMALL = ["extend_vocab.k_curve=[50, 100000]", "extend_vocab.check_language=false", "evaluate.limit=2",
-                 "stages.train-sft.with.max_steps=3",
+                 "tokenizers.tokenizers=[gemma3]", "stages.train-sft.with.max_steps=3",
+                 "stages.train-cpt.with.max_tokens=1024", "stages.train-cpt.with.save_steps=2",
+                 "stages.train-cpt.with.cpt.eval_steps=2",
                  "evaluate.perplexity_texts=null", "evaluate.bootstrap_iters=0"]
 
 
 @pytest.fixture(scope="session")
 def cpt_sft_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict:
     """`kazhpc run configs/pipelines/kazakh-cpt-sft.yaml` once per session: tokenizers → extend-vocab →
-    corpus → train-cpt → preprocess → train-sft → evaluate. The first attempt is preempted after
-    CPT step 4 (the in-process drill of kazhpc.train.resume); the second resumes the run."""
+    corpus → train-cpt (4 steps) → preprocess → train-sft → evaluate. The first attempt is preempted
+    after CPT step 2 (the in-process drill of kazhpc.train.resume); the second resumes the run."""
     runs_root = tmp_path_factory.mktemp("cpt-sft-runs")
     kazhpc = str(Path(sys.executable).parent / "kazhpc")
     command = [kazhpc, "run", "configs/pipelines/kazakh-cpt-sft.yaml", f"runs_root={runs_root}",
                f"cache_dir={model_cache}", *CPT_SFT_SMALL]
     first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800,
-                           env={**os.environ, "KAZHPC_PREEMPT_AFTER_STEP": "4"})
+                           env={**os.environ, "KAZHPC_PREEMPT_AFTER_STEP": "2"})
     assert first.returncode == 75, first.stderr[-4000:]
     (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir() and p.name.startswith("kazakh-cpt-sft-")]
     second = subprocess.run([*command, "--run-dir", str(run_dir)], capture_output=True, text=True, cwd=REPO, timeout=1800)

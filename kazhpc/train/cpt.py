@@ -264,7 +264,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     curve_file = ctx.job_dir / "heldout-curve.jsonl"
     history = read_curve(curve_file, resumed_step)
     callbacks = [tracking_callback(ctx.tracking), preemption.callback()]
-    if in_training:
+    if in_training and cfg.train.cpt.eval_steps:  # the curve; before and after are scored below anyway
         callbacks.append(heldout_callback(texts, tokenizer, cfg, per_step, chars_per_token, ctx.tracking, history, curve_file))
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator, callbacks=callbacks)
     result, seconds = train_resumably(trainer, checkpoints, resumed_from, preemption)

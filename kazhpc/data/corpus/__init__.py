@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 
-#: datatrove warnings that say nothing is wrong (a task whose documents had no near duplicate).
-_BENIGN = ("No .remove file for rank",)
+#: datatrove warnings that say nothing is wrong: a task whose documents had no near duplicate, a
+#: task that got no input file (more tasks than files) and so tokenized nothing.
+_BENIGN = ("No .remove file for rank", "No data saved.")
 
 
 def _forward(message: object) -> None:
