@@ -156,48 +156,18 @@ def heldout_callback(texts: dict[str, list[str]], tokenizer: Any, cfg: PipelineC
 def training_arguments(cfg: PipelineConfig, output_dir: Path, steps: int) -> Any:
     from transformers import TrainingArguments
 
-    from kazhpc.train import distributed
-    from kazhpc.train.qlora import _device
+    from kazhpc.train.qlora import trainer_arguments
 
-    t = cfg.train
-    device = _device()
-    cpu_deepspeed = device == "cpu" and t.distributed.deepspeed is not None
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=t.per_device_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        gradient_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
-        save_total_limit=2,
-        eval_strategy="no",
-        bf16=cfg.model.dtype == "bfloat16" and (device == "cuda" or (t.quantization is not None and not cpu_deepspeed)),
-        fp16=cfg.model.dtype == "float16" and device == "cuda",
-        use_cpu=device == "cpu" and not cpu_deepspeed,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        **distributed.trainer_kwargs(t, device),
-    )
+    return TrainingArguments(**{**trainer_arguments(cfg, output_dir), "max_steps": steps}, remove_unused_columns=False)
 
 
 def reload_with_adapter(cfg: PipelineConfig, adapter_dir: Path) -> Any:
     """A fresh base model with the saved adapter (not the training object: kazhpc.train.guard)."""
     from peft import PeftModel
 
-    from kazhpc.models import load_model
-    from kazhpc.train.qlora import _device, quantization_config
+    from kazhpc.train.qlora import load_for_scoring
 
-    bnb = quantization_config(cfg) if _device() == "cuda" else None
-    base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
-                      **({"quantization_config": bnb} if bnb is not None else {}))
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    return PeftModel.from_pretrained(load_for_scoring(cfg), str(adapter_dir))
 
 
 def block_loss(model: Any, blocks: Any, count: int) -> float:

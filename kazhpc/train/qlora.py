@@ -99,15 +99,13 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
-    from trl import SFTConfig
-
+def trainer_arguments(cfg: PipelineConfig, output_dir: Path) -> dict[str, Any]:
+    """The Trainer arguments SFT and CPT share: batch, schedule, checkpoints, precision, devices."""
     t = cfg.train
     device = _device()
-    bf16 = cfg.model.dtype == "bfloat16"
     # DeepSpeed on CPU ranks (tests): the Trainer must not be told use_cpu, and then refuses bf16.
     cpu_deepspeed = device == "cpu" and t.distributed.deepspeed is not None
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         max_steps=t.max_steps,
         num_train_epochs=t.epochs,
@@ -116,10 +114,6 @@ def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
-        max_length=t.max_length,
-        packing=t.packing,
-        padding_free=t.packing,
-        assistant_only_loss=True,
         gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
@@ -127,16 +121,40 @@ def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
         # No evaluation during training: on CPU a no-grad eval forward of a 4-bit model corrupts
         # the gradients that follow (kazhpc.train.guard). The job scores a separate object after.
         eval_strategy="no",
-        bf16=bf16 and (device == "cuda" or (cfg.train.quantization is not None and not cpu_deepspeed)),
+        bf16=cfg.model.dtype == "bfloat16" and (device == "cuda" or (t.quantization is not None and not cpu_deepspeed)),
         fp16=cfg.model.dtype == "float16" and device == "cuda",
         use_cpu=device == "cpu" and not cpu_deepspeed,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
         dataloader_num_workers=0,
-        remove_unused_columns=True,
-        **distributed.trainer_kwargs(cfg.train, device),
+        **distributed.trainer_kwargs(t, device),
     )
+
+
+def sft_config(cfg: PipelineConfig, output_dir: Path) -> Any:
+    from trl import SFTConfig
+
+    t = cfg.train
+    return SFTConfig(
+        **trainer_arguments(cfg, output_dir),
+        max_length=t.max_length,
+        packing=t.packing,
+        padding_free=t.packing,
+        assistant_only_loss=True,
+        remove_unused_columns=True,
+    )
+
+
+def load_for_scoring(cfg: PipelineConfig) -> Any:
+    """A fresh base model to score an adapter on: on a GPU as it was trained (4 bit; a 27B model in
+    bf16 would not fit on the one device that scores it), on a CPU in bf16 (a no-grad 4-bit forward
+    is the pitfall of kazhpc.train.guard)."""
+    from kazhpc.models import load_model
+
+    bnb = quantization_config(cfg) if _device() == "cuda" else None
+    return load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
+                      **({"quantization_config": bnb} if bnb is not None else {}))
 
 
 def lora_config(cfg: PipelineConfig, new_token_ids: list[int] | None = None) -> Any:
@@ -233,7 +251,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from peft import PeftModel
     from trl import SFTTrainer
 
-    from kazhpc.models import load_model, load_tokenizer
+    from kazhpc.models import load_tokenizer
     from kazhpc.tokenization.extend_model import expose_tied_head_bias
 
     # Reading an extend-vocab stage: its model and tokenizer (cfg.model.source points there);
@@ -277,11 +295,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     rows = [train[i]["messages"] for i in range(min(cfg.train.loss_check_rows, len(train)))]
     base_loss = adapter_loss = None
     if rows:  # loss_check_rows: 0 skips the two reloads (e.g. tests that only need the checkpoints)
-        # On a GPU the base is reloaded as it was trained (4 bit): a 27B model in bf16 would not fit
-        # on the one device that scores it. On CPU, bf16 (a no-grad 4-bit forward is the pitfall).
-        bnb = quantization_config(cfg) if _device() == "cuda" else None
-        base = load_model(cfg.model, cfg.cache_root, device_map={"": _device()},
-                          **({"quantization_config": bnb} if bnb is not None else {}))
+        base = load_for_scoring(cfg)
         base_loss = answer_loss(base, tokenizer, rows, cfg.train.max_length, "loss check: base model")
         adapted = PeftModel.from_pretrained(base, str(adapter_dir))
         adapter_loss = answer_loss(adapted, tokenizer, rows, cfg.train.max_length, "loss check: adapter")
