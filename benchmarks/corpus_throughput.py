@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -141,7 +140,10 @@ def memory(args: argparse.Namespace) -> None:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_stage":
         minhash_stage(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux → MB
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report the
+        # parent's peak at fork time (the benchmark builds the corpus in memory).
+        status = Path("/proc/self/status").read_text()
+        print(int(status.split("VmHWM:")[1].split()[0]) / 1024)  # kB → MB
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["throughput", "memory"])
