@@ -34,11 +34,11 @@ WORK_FOLDERS = ("filtered", "signatures", "buckets", "remove", "tokens", "heldou
 
 def decontamination_files(cfg: PipelineConfig) -> list[str]:
     """``corpus.decontamination.files``, plus (by default) every local file the evaluate stages read."""
-    own = cfg.corpus.decontamination
-    files = list(own.files)
-    if own.evaluation_files:
-        files += [f for f in cfg.evaluation_files() if f not in files]
-    return files
+    return list(_decontamination_keys(cfg))
+
+
+def _decontamination_keys(cfg: PipelineConfig) -> dict[str, str]:
+    return cfg.decontamination_files(cfg.corpus.decontamination, "corpus.decontamination.files")
 
 
 def extra_inputs(cfg: PipelineConfig) -> list[str]:
@@ -80,10 +80,8 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     if context is not None and section.blocks.length > context:
         raise KazhpcError(f"corpus.blocks.length: {section.blocks.length} tokens is above the model's context "
                           f"({context} tokens, {cfg.model.source})")
-    evaluation_keys = cfg.evaluation_files()
-    for path in decontamination_files(cfg):
+    for path, key in _decontamination_keys(cfg).items():
         if not Path(path).is_file():
-            key = "corpus.decontamination.files" if path in section.decontamination.files else evaluation_keys.get(path, "evaluate")
             raise KazhpcError(f"{key}: {path}: file not found")
     if context is None:
         warnings.append(f"corpus.blocks.length not checked: {cfg.model.source} is not materialized yet")

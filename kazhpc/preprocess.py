@@ -35,10 +35,11 @@ def decontamination_files(cfg: PipelineConfig) -> list[str]:
     """The evaluation items training rows are checked against: ``decontamination.files``, plus (by
     default) every local file the pipeline's own evaluate stages read. Tasks whose data comes from
     the hub are not covered here; list their local copies in ``decontamination.files``."""
-    files = list(cfg.preprocess.cleaning.decontamination.files)
-    if cfg.preprocess.cleaning.decontamination.evaluation_files:
-        files += [f for f in cfg.evaluation_files() if f not in files]
-    return files
+    return list(_decontamination_keys(cfg))
+
+
+def _decontamination_keys(cfg: PipelineConfig) -> dict[str, str]:
+    return cfg.decontamination_files(cfg.preprocess.cleaning.decontamination, "preprocess.cleaning.decontamination.files")
 
 
 def extra_inputs(cfg: PipelineConfig) -> list[str]:
@@ -76,11 +77,8 @@ def preflight(cfg: PipelineConfig) -> list[str]:
             warnings += preview_source(source)
         if source.hub is not None and os.environ.get("HF_HUB_OFFLINE") != "1" and not Path(source.hub).exists():
             warnings.append(f"source '{source.name}': '{source.hub}' will be fetched from the hub unless cached")
-    evaluation_keys = cfg.evaluation_files()
-    for path in decontamination_files(cfg):
+    for path, key in _decontamination_keys(cfg).items():
         if not Path(path).is_file():
-            own = path in cfg.preprocess.cleaning.decontamination.files
-            key = "preprocess.cleaning.decontamination.files" if own else evaluation_keys.get(path, "evaluate")
             raise KazhpcError(f"{key}: {path}: file not found")
     return warnings
 

@@ -149,6 +149,16 @@ class PipelineConfig(Strict):
                 keys.setdefault(path, key)
         return keys
 
+    def decontamination_files(self, own: Any, key: str) -> dict[str, str]:
+        """The files a section's training text is checked against (``own``: its DecontaminationConfig,
+        named ``key``) → the config key naming each: its own files, then, with ``evaluation_files``,
+        every local file of the evaluate stages."""
+        files = {path: key for path in own.files}
+        if own.evaluation_files:
+            for path, named_by in self.evaluation_files().items():
+                files.setdefault(path, named_by)
+        return files
+
     @property
     def cache_root(self) -> Path:
         if self.cache_dir is not None:

@@ -26,8 +26,9 @@ def build_corpus(cfg: TextCorpusConfig, decontamination: DecontaminationConfig, 
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     out = CorpusLayout(Path(out_dir))
-    stages = pipelines(cfg, decontamination, str(tokenizer_dir), tokenizer.bos_token, tokenizer.eos_token, out)
+    bos, eos = (tokenizer.bos_token, tokenizer.bos_token_id), (tokenizer.eos_token, tokenizer.eos_token_id)
+    stages = pipelines(cfg, decontamination, str(tokenizer_dir), bos, eos, out)
     stats = run_stages(stages, cfg, out, on_stage=lambda name: log.info("corpus: datatrove stage %s", name))
-    manifest = corpus_manifest(cfg, out, stats, str(tokenizer_dir))
+    manifest = corpus_manifest(cfg, out, stats, str(tokenizer_dir), len(tokenizer))
     (out.root / "corpus.md").write_text(corpus_table(manifest), encoding="utf-8")
     return manifest

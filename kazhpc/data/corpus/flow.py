@@ -89,8 +89,8 @@ def _quality_steps(cfg: TextCorpusConfig, out: CorpusLayout) -> list[Any]:
     ]  # fmt: skip
 
 
-def pipelines(cfg: TextCorpusConfig, decontamination: Any, tokenizer_dir: str, bos: str, eos: str,
-              out: CorpusLayout) -> dict[str, tuple[list[Any], int]]:
+def pipelines(cfg: TextCorpusConfig, decontamination: Any, tokenizer_dir: str, bos: tuple[str, int],
+              eos: tuple[str, int], out: CorpusLayout) -> dict[str, tuple[list[Any], int]]:
     """Each stage's datatrove pipeline and its number of tasks. ``decontamination``: the
     DecontaminationConfig with every evaluation file; ``tokenizer_dir``: the target tokenizer."""
     from datatrove.pipeline.dedup.minhash import (
@@ -128,7 +128,7 @@ def pipelines(cfg: TextCorpusConfig, decontamination: Any, tokenizer_dir: str, b
 
     tokenize = DocumentTokenizer(output_folder=str(out.tokens), tokenizer_name_or_path=str(Path(tokenizer_dir) / "tokenizer.json"),
                                  shuffle_documents=False, batch_size=1000)
-    tokenize.post_processor = TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, _token_id(tokenizer_dir, bos)), (eos, _token_id(tokenizer_dir, eos))])
+    tokenize.post_processor = TemplateProcessing(single=f"{bos[0]} $A {eos[0]}", special_tokens=[bos, eos])
     last = [
         RankFileReader(str(out.filtered)),
         *([MinhashDedupFilter(input_folder=str(out.remove), exclusion_writer=_writer(out.rejects_of("near_duplicate")))] if dedup else []),
@@ -143,15 +143,6 @@ def pipelines(cfg: TextCorpusConfig, decontamination: Any, tokenizer_dir: str, b
         stages["clusters"] = ([MinhashDedupCluster(input_folder=str(out.buckets), output_folder=str(out.remove), config=minhash)], 1)
     stages["blocks"] = (last, cfg.tasks)
     return stages
-
-
-def _token_id(tokenizer_dir: str, token: str) -> int:
-    from tokenizers import Tokenizer
-
-    found = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).token_to_id(token)
-    if found is None:
-        raise ValueError(f"{tokenizer_dir}: the tokenizer has no token {token!r}")
-    return found
 
 
 class KazhpcLocalExecutor(LocalPipelineExecutor):

@@ -52,7 +52,9 @@ def _files(folder: Path, pattern: str = "*") -> list[dict[str, Any]]:
             for p in sorted(folder.glob(pattern)) if p.is_file()]
 
 
-def corpus_manifest(cfg: TextCorpusConfig, out: CorpusLayout, stats: dict[str, Any], tokenizer_dir: str) -> dict[str, Any]:
+def corpus_manifest(cfg: TextCorpusConfig, out: CorpusLayout, stats: dict[str, Any], tokenizer_dir: str,
+                    vocab: int) -> dict[str, Any]:
+    """``vocab``: the tokenizer's size, added tokens included (datatrove stores ids in 4 bytes above 65,536)."""
     from kazhpc.data.corpus.blocks import PackedBlocks, token_files
     from kazhpc.data.corpus.sources import source_files
 
@@ -67,9 +69,6 @@ def corpus_manifest(cfg: TextCorpusConfig, out: CorpusLayout, stats: dict[str, A
         raise KazhpcError(f"corpus: no document is left for the blocks ({documents} read; dropped by reason: "
                           + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none") + f"; held out {heldout}); "
                           f"see {out.root / 'rejects'}")
-    from tokenizers import Tokenizer
-
-    vocab = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).get_vocab_size()
     token_bytes = 4 if vocab > 65536 else 2
     blocks = PackedBlocks(token_files(out.tokens), cfg.blocks.length, token_bytes)
     if len(blocks) == 0:
