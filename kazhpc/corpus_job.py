@@ -6,30 +6,38 @@ model's; which evaluation files to decontaminate against), and the manifest: eve
 hash, documents in and out of every step by reason, characters, bytes, tokens, blocks and the
 digest of the token stream (the same for any number of tasks).
 
-Outputs in the stage folder: ``tokens/*.ds`` (the blocks' token stream, per task), ``heldout/``
-(documents kept out of training, for held-out bits/char), ``kept/`` (id, source and characters of
-every trained-on document), ``rejects/<step>/`` (every dropped document with its reason) and
-``corpus.md`` (the counts).
+Outputs in the stage folder's ``work/<fingerprint>/`` (:func:`work_dir`): ``tokens/*.ds`` (the
+blocks' token stream, per task), ``heldout/`` (documents kept out of training, for held-out
+bits/char), ``kept/`` (id, source and characters of every trained-on document), ``rejects/<step>/``
+(every dropped document with its reason); the manifest names them. ``corpus.md`` (the counts) is
+in the stage folder itself.
+
+With ``corpus.tasks`` > 1, a SLURM submission runs each datatrove stage as an array of tasks
+(:func:`phase_tasks`, :func:`run_phase`), and the stage's own job then writes the manifest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
+from kazhpc.fingerprint import fingerprint
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
     from kazhpc.jobspec import JobContext
 
+log = logging.getLogger(__name__)
+
 
 #: Documents of each source read by preflight to refuse an empty or non-Kazakh corpus early.
 PREVIEW_DOCUMENTS = 20
-#: datatrove's outputs under the stage folder (removed when the stage's inputs change).
-WORK_FOLDERS = ("filtered", "signatures", "buckets", "remove", "tokens", "heldout", "kept", "rejects", "logs", "tokenizer")
 
 
 def decontamination_files(cfg: PipelineConfig) -> list[str]:
@@ -88,42 +96,77 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
-def _target_tokenizer(ctx: JobContext, folder: Path) -> Path:
-    """The tokenizer the blocks are made with, saved to ``folder`` (datatrove reads tokenizer.json):
-    an earlier extend-vocab stage's when the stage reads one, else the model's."""
+def phase_tasks(cfg: PipelineConfig) -> dict[str, int]:
+    """The datatrove stages, in order, with their tasks: a SLURM submission runs each as an array
+    when ``corpus.tasks`` > 1 (kazhpc.launch.steps); else the stage is one job."""
+    return cfg.corpus.stage_tasks()
+
+
+def work_dir(job_dir: Path, inputs: dict[str, Any]) -> Path:
+    """datatrove's outputs for these inputs: ``<stage>/work/<fingerprint>``.
+
+    datatrove skips the tasks it completed (a job that stopped goes on; the stage's last step finds
+    its array tasks done), but only from the same inputs. Other inputs get a folder of their own,
+    so array tasks that start at once never race to clear a stale one; the stage's last step
+    removes the others (:func:`run`)."""
+    return job_dir / "work" / fingerprint(inputs)[:16]
+
+
+def _target_tokenizer(ctx: JobContext, work: Path) -> Path:
+    """The tokenizer the blocks are made with, saved once under ``work`` (datatrove reads
+    tokenizer.json): an earlier extend-vocab stage's when the stage reads one, else the model's.
+    Saved to a temporary folder and renamed, so array tasks starting together never read half a save."""
     from kazhpc.models import load_tokenizer
     from kazhpc.train.stage_inputs import extended_model_for_training
 
+    folder = work / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return folder
     cfg, _ = extended_model_for_training(ctx)
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_root)
-    tokenizer.save_pretrained(str(folder))
-    if not (folder / "tokenizer.json").is_file():
+    temporary = work / f"tokenizer.{os.getpid()}.{socket.gethostname()}"
+    load_tokenizer(cfg.model, cfg.cache_root).save_pretrained(str(temporary))
+    if not (temporary / "tokenizer.json").is_file():
+        shutil.rmtree(temporary)
         raise KazhpcError(f"model source '{cfg.model.source}': no fast tokenizer (tokenizer.json) to make blocks with")
+    try:
+        temporary.rename(folder)
+    except OSError:  # another task saved it first: the same tokenizer (same inputs, same folder)
+        shutil.rmtree(temporary)
     return folder
 
 
-def _fresh_work(job_dir: Path, inputs: dict[str, Any]) -> None:
-    """datatrove skips the tasks it completed (a stopped job goes on), but only from the same inputs:
-    with other inputs, its outputs are removed first."""
-    marker = job_dir / "corpus-inputs.json"
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == inputs:
-        return
-    for name in WORK_FOLDERS:
-        shutil.rmtree(job_dir / name, ignore_errors=True)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(inputs, sort_keys=True), encoding="utf-8")
+def _decontamination(cfg: PipelineConfig) -> Any:
+    from kazhpc.config import DecontaminationConfig
+
+    return DecontaminationConfig(files=decontamination_files(cfg), ngram=cfg.corpus.decontamination.ngram,
+                                 evaluation_files=False)
+
+
+def run_phase(cfg: PipelineConfig, job_dir: Path, phase: str, index: int, upstream: dict[str, Path],
+              inputs: dict[str, Any]) -> None:
+    """Task ``index`` of datatrove stage ``phase``: one SLURM array task (kazhpc.launch.steps)."""
+    from kazhpc.data.corpus.build import run_corpus_task
+    from kazhpc.jobspec import JobContext
+
+    # No tracking run: the stage's last step (run) logs the corpus once.
+    ctx = JobContext(cfg, job_dir.parent, job_dir, None, inputs, upstream)  # type: ignore[arg-type]
+    work = work_dir(job_dir, inputs)
+    work.mkdir(parents=True, exist_ok=True)
+    run_corpus_task(cfg.corpus, _decontamination(cfg), work, _target_tokenizer(ctx, work), phase, index)
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
-    from kazhpc.config import DecontaminationConfig
+    """The whole corpus, or (after a submission's arrays) what is left of it; then the manifest."""
     from kazhpc.data.corpus.build import build_corpus
 
-    cfg, section = ctx.cfg, ctx.cfg.corpus
-    _fresh_work(ctx.job_dir, ctx.inputs)
-    tokenizer_dir = _target_tokenizer(ctx, ctx.job_dir / "tokenizer")
-    decontamination = DecontaminationConfig(files=decontamination_files(cfg), ngram=section.decontamination.ngram,
-                                            evaluation_files=False)
-    manifest = build_corpus(section, decontamination, ctx.job_dir, tokenizer_dir)
+    work = work_dir(ctx.job_dir, ctx.inputs)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = build_corpus(ctx.cfg.corpus, _decontamination(ctx.cfg), work, _target_tokenizer(ctx, work))
+    for other in (ctx.job_dir / "work").iterdir():
+        if other != work:
+            log.info("corpus: removing %s (made from other inputs)", other)
+            shutil.rmtree(other, ignore_errors=True)
+    shutil.copyfile(work / "corpus.md", ctx.job_dir / "corpus.md")
     ctx.tracking.log_metrics({k: v for k, v in manifest["counts"].items() if isinstance(v, (int, float))})
     ctx.tracking.log_metrics({f"dropped_{k}": v for k, v in manifest["dropped_by_reason"].items()})
     ctx.tracking.log_artifact(ctx.job_dir / "corpus.md")

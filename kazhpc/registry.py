@@ -6,8 +6,10 @@ An entry is plain data (like torchtune's recipe registry): the job adapter's mod
 only when the job runs or is checked, so ``kazhpc --help`` needs no torch. An adapter module
 defines ``preflight(cfg) -> warnings`` (checks that need no GPU), ``run(ctx) -> manifest``, and,
 when the job splits into parts, ``run_part(cfg, job_dir, index, count, upstream) -> part folder``
-(``upstream``: job type -> the folder of the earlier stage it reads); it may
-define ``extra_inputs(cfg) -> files`` (inputs its config section does not name). The entry says
+(``upstream``: job type -> the folder of the earlier stage it reads); when it runs as consecutive
+arrays of tasks, ``phase_tasks(cfg) -> {phase: tasks}`` and ``run_phase(cfg, job_dir, phase,
+index, upstream, inputs)``; it may define ``extra_inputs(cfg) -> files`` (inputs its config
+section does not name). The entry says
 what the job's command prints when it ends (``table``, ``result``).
 
 Adding a job type: a library module (the work), an adapter module (the glue above), a config
@@ -38,6 +40,9 @@ class JobType:
     #: fingerprints are part of this stage's inputs, so redoing one of them redoes this one.
     needs: tuple[str, ...] = ()
     splits: bool = False  # into parts (SLURM array tasks) and a merge: the adapter's run_part
+    #: Into phases when its section's ``tasks`` > 1: each phase an array of tasks that waits for the
+    #: one before, then the stage's own job (datatrove's stages); the adapter's phase_tasks and run_phase.
+    phased: bool = False
     #: Runs as several processes per node and across nodes when train.distributed asks for it.
     distributed: bool = False
     #: Saves a checkpoint on SLURM's warning signal and asks to be requeued (exit 75).
@@ -78,7 +83,7 @@ JOB_TYPES: tuple[JobType, ...] = (
             "Clean, deduplicate and format the configured Kazakh sources into Parquet shards.", splits=True),
     JobType("corpus", "kazhpc.corpus_job",
             "Clean, filter, deduplicate (MinHash) and tokenize raw Kazakh text into packed blocks for continued pretraining (datatrove).",
-            needs=("extend-vocab",), table="corpus.md"),
+            needs=("extend-vocab",), phased=True, table="corpus.md"),
     JobType("train", "kazhpc.train.job",
             "QLoRA-train an adapter: SFT on a preprocess stage's conversations, or CPT on a corpus stage's blocks; "
             "or go on training an earlier stage's (resumes after preemption).",

@@ -271,9 +271,10 @@ def run_single(
     run_dir: Path | None = None,
     shard: str | None = None,
     stage: str | None = None,
+    phase: str | None = None,
 ) -> tuple[Path, str]:
-    """Run one stage of a pipeline (all of it, or with ``shard='i/n'`` one part of it); return the
-    run directory and the stage's name.
+    """Run one stage of a pipeline (all of it, or with ``shard='i/n'`` one part of it, or with
+    ``phase`` as well one task of that phase); return the run directory and the stage's name.
 
     With ``run_dir`` the stage joins an existing run (its config.yaml and its MLflow parent run);
     parts always do, since the parts and the merge that follows must share one folder.
@@ -287,24 +288,36 @@ def run_single(
     else:
         raise KazhpcError("give a CONFIG or --run-dir")
     name = stage_of_job(cfg, job, stage)
-    if shard is None:
-        return run_pipeline(cfg, run_dir=run_dir, only=[name]), name
     spec = job_type(job)
-    if not spec.splits:
+    if phase is not None and not spec.phased:
+        raise KazhpcError(f"job '{job}' has no phases; drop --phase")
+    if shard is None and phase is None:
+        return run_pipeline(cfg, run_dir=run_dir, only=[name]), name
+    if not spec.splits and not spec.phased:
         raise KazhpcError(f"job '{job}' does not split into parts; drop --shard")
     if run_dir is None:
-        raise KazhpcError("--shard needs --run-dir: the parts and their merge share one run directory")
-    index, count = parse_part(shard)
+        raise KazhpcError(f"--{'phase' if phase else 'shard'} needs --run-dir: the tasks and the stage's last step share one run directory")
+    index, count = parse_part(shard or "0/1")
     adapter = spec.adapter()
     view = cfg.for_stage(name)
+    if phase is not None:
+        tasks = adapter.phase_tasks(view)
+        if phase not in tasks:
+            raise KazhpcError(f"--phase {phase}: {name} has the phases {', '.join(tasks)}")
+        if count != tasks[phase]:
+            raise KazhpcError(f"--shard {shard}: {name}'s phase {phase} has {tasks[phase]} tasks, not {count}")
     for warning in preflight(cfg, [name]):
         log.warning(warning)
     job_dir = run_dir / name
-    part = f"{name}[{index}/{count}]"
+    part = f"{name}{f':{phase}' if phase else ''}[{index}/{count}]"
     set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     inputs = inputs_of(cfg, run_dir, name)  # before the part reads them
+    upstream = upstream_dirs(cfg, run_dir, name)
     try:
-        record_inputs(adapter.run_part(view, job_dir, index, count, upstream_dirs(cfg, run_dir, name)), inputs)
+        if phase is not None:
+            adapter.run_phase(view, job_dir, phase, index, upstream, inputs)
+        else:
+            record_inputs(adapter.run_part(view, job_dir, index, count, upstream), inputs)
     except BaseException as exc:
         set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
@@ -317,7 +330,7 @@ def job_entry(job: str, argv: list[str] | None = None) -> int:
 
     ``python jobs/<job>.py CONFIG [key=value ...]``, or ``--run-dir DIR`` to join an existing run,
     plus ``--stage NAME`` where several stages run this job type, and ``--shard i/n`` for one part
-    of a job that splits (an array task).
+    of a job that splits (an array task), or with ``--phase NAME`` one task of one phase.
     """
     import argparse
 
@@ -329,8 +342,9 @@ def job_entry(job: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="join this run directory")
     parser.add_argument("--stage", help="the stage to run (default: the one of this job type)")
     parser.add_argument("--shard", help="i/n: do part i of n (with --run-dir)")
+    parser.add_argument("--phase", help="with --shard i/n: task i of this phase's n (a job with phases: corpus)")
     args = parser.parse_args(argv)
     setup_logging()
     with report_errors():
-        run_single(job, args.config, args.overrides, args.run_dir, args.shard, args.stage)
+        run_single(job, args.config, args.overrides, args.run_dir, args.shard, args.stage, args.phase)
     return 0

@@ -118,7 +118,9 @@ def test_every_planted_fault_is_dropped_counted_and_kept(cpt_sft_run: dict) -> N
     counts, dropped = manifest["counts"], manifest["dropped_by_reason"]
     assert counts["unaccounted"] == 0
     assert {"bad_json": 1, "no_text_field": 1, "too_short": 1, "language_ru": 1, "contaminated": 1, "near_duplicate": 2}.items() <= dropped.items()
-    rejected = {reason: {r["id"] for r in _lines(job / "rejects" / step)}
+    rejects = Path(manifest["rejects_dir"])  # under the stage's work/<fingerprint>/
+    assert rejects.parent.parent == job / "work"
+    rejected = {reason: {r["id"] for r in _lines(rejects / step)}
                 for reason, step in (("near_duplicate", "near_duplicate"), ("language", "language"), ("contaminated", "contaminated"))}
     assert rejected["near_duplicate"] == {f"fixture/part3.jsonl/{i}" for i in _positions(job, {"exact-dup", "near-dup"})}
     assert len(rejected["language"]) == 1 and len(rejected["contaminated"]) == 1
@@ -159,3 +161,47 @@ def test_blocks_are_the_kept_documents_tokenized_with_bos_and_eos(corpus_runs: d
     kept = _lines(job / "kept")
     assert len(text) == kept[0]["metadata"]["chars"]
     assert stream.count(gemma_tokenizer.bos_token_id) <= len(kept)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_on_slurm_each_datatrove_stage_is_an_array_and_the_corpus_is_the_one_task_one(
+    local_slurm: str, tmp_path: Path, model_cache: Path, corpus_runs: dict[int, Path]
+) -> None:
+    """`kazhpc submit` of the CPT pipeline's corpus stage (corpus.tasks=2) on the real local SLURM:
+    filter (2 array tasks), buckets (4), clusters (1), blocks (2), each after the one before, then
+    the stage's own job; its blocks are byte for byte those of the one-task run in this process."""
+    import subprocess
+    import sys
+
+    from kazhpc.runner import read_state
+
+    runs_root = tmp_path / "runs"
+    kazhpc = [str(Path(sys.executable).parent / "kazhpc")]
+    submitted = subprocess.run([*kazhpc, "submit", "configs/pipelines/kazakh-cpt-sft.yaml", f"runs_root={runs_root}",
+                                f"cache_dir={model_cache}", "stages=[{name: corpus, job: corpus}]",
+                                "--cluster", "configs/clusters/local.yaml"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    (run_dir,) = runs_root.glob("kazakh-cpt-sft-*")
+    try:
+        done = subprocess.run([*kazhpc, "status", str(run_dir), "--wait", "--timeout", "600"], capture_output=True,
+                              text=True, cwd=REPO, timeout=660)
+        assert done.returncode == 0 and "all jobs completed" in done.stdout, done.stdout + done.stderr[-3000:]
+    finally:
+        subprocess.run([*kazhpc, "cancel", str(run_dir)], capture_output=True, cwd=REPO, timeout=120)
+    steps = {s["name"]: s for s in json.loads((run_dir / "submission.json").read_text())["attempts"][0]["steps"]}
+    assert list(steps) == ["corpus-filter", "corpus-buckets", "corpus-clusters", "corpus-blocks", "corpus"]
+    names = list(steps)
+    for before, after in zip(names, names[1:]):
+        assert steps[after]["dependency"] == f"afterok:{steps[before]['slurm_id']}"
+    tasks = {"filter": 2, "buckets": 4, "clusters": 1, "blocks": 2}
+    state = read_state(run_dir)["jobs"]
+    for phase, n in tasks.items():
+        for i in range(n):
+            assert state[f"corpus:{phase}[{i}/{n}]"]["status"] == "COMPLETED"
+            assert state[f"corpus:{phase}[{i}/{n}]"]["slurm_job_id"]  # each ran as its own SLURM job
+    submitted_manifest = json.loads((run_dir / "corpus" / "manifest.json").read_text())
+    local = json.loads((corpus_runs[1] / "manifest.json").read_text())
+    assert submitted_manifest["blocks"]["sha256"] == local["blocks"]["sha256"]
+    assert submitted_manifest["counts"] == local["counts"] and submitted_manifest["dropped_by_reason"] == local["dropped_by_reason"]
+    assert len(list(Path(submitted_manifest["rejects_dir"]).parent.joinpath("tokens").glob("*.ds"))) == 2

@@ -104,8 +104,15 @@ class TextCorpusConfig(Strict):
         0.02, ge=0, lt=1, description="documents kept out of the blocks (chosen by a hash of their text) for held-out bits/char"
     )
     blocks: BlocksConfig = Field(default_factory=BlocksConfig)
-    tasks: int = Field(1, ge=1, description="datatrove tasks per stage (the result does not depend on it)")
-    workers: int = Field(1, ge=1, description="tasks run at once on this machine (local executor)")
+    tasks: int = Field(1, ge=1, description="datatrove tasks of the filter and blocks stages (the result does not "
+                       "depend on it); above 1, a SLURM submission runs each stage as an array of tasks")
+    workers: int = Field(1, ge=1, description="tasks run at once in one process tree (a local run, or a one-job submission)")
+
+    def stage_tasks(self) -> dict[str, int]:
+        """datatrove's stages in order, with their number of tasks (kazhpc.data.corpus.flow):
+        MinHash's buckets and clusters only when it is on."""
+        dedup = {"buckets": self.minhash.buckets, "clusters": 1} if self.minhash.enabled else {}
+        return {"filter": self.tasks, **dedup, "blocks": self.tasks}
 
     @model_validator(mode="after")
     def _names_and_language(self) -> TextCorpusConfig:

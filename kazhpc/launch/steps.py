@@ -4,7 +4,10 @@ This is the one place that decides what each SLURM job asks for and runs. ``kazh
 the steps to submitit and ``kazhpc render`` writes them as sbatch scripts, so both always agree.
 Each stage is one step (resources from the cluster profile's entry for its job type), run after the
 stage before it. A stage whose job type splits and whose section asks for n > 1 shards becomes two
-steps: an array of n parts, then the stage itself (its merge), which waits for every part.
+steps: an array of n parts, then the stage itself (its merge), which waits for every part. A stage
+whose job type has phases (corpus: datatrove's stages) and whose section asks for ``tasks`` > 1
+becomes one step per phase, each an array (one process per task) after the one before, then the
+stage itself, which finds the tasks done and writes the manifest.
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ def shards_of(cfg: PipelineConfig, job: str) -> int:
     """How many parts the config asks ``job`` to split into (``<section>.shards``; 1 if none)."""
     section = getattr(cfg, job.replace("-", "_"), None)
     return int(getattr(section, "shards", 1) or 1)
+
+
+def tasks_of(cfg: PipelineConfig, job: str) -> int:
+    """How many tasks the config asks each phase of ``job`` to run in (``<section>.tasks``; 1 if none)."""
+    section = getattr(cfg, job.replace("-", "_"), None)
+    return int(getattr(section, "tasks", 1) or 1)
 
 
 def binds_for(cfg: PipelineConfig, cluster: ClusterConfig) -> list[str]:
@@ -241,6 +250,8 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
                 command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
             )
             steps += [part, merge]
+        elif spec.phased and tasks_of(view, job) > 1:
+            steps += _phase_steps(view, stage, cluster, res, run, host_dir, previous, warnings)
         elif spec.distributed and view.train.distributed.world_size > 1:
             steps.append(_distributed_train(view, stage, cluster, res, python, host_dir, previous, warnings))
         else:
@@ -250,6 +261,36 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
                 **(_preemption(view) if spec.preemptible else {}),
             ))
         previous = (steps[-1].name,)
+    return steps
+
+
+def _phase_steps(
+    cfg: PipelineConfig, stage: str, cluster: ClusterConfig, res: JobResources, run: list[str], host_dir: str,
+    after: tuple[str, ...], warnings: list[str],
+) -> list[Step]:
+    """One step per phase (an array when it has more than one task), each after the one before,
+    then the stage's own step. An array task is one process, so it asks for one CPU and the
+    profile's memory per CPU; a phase of one task (MinHash's clusters, which holds the duplicate
+    pairs) and the stage's own step get the profile's entry as it is."""
+    whole = res.model_copy(update={"gpus": 0})
+    one = res.model_copy(update={"cpus": 1, "gpus": 0, "mem_gb": res.mem_gb / res.cpus})
+    prefix = container_prefix(cfg, cluster, 0)
+    steps: list[Step] = []
+    for phase, tasks in job_type(cfg.stage(stage).job).adapter().phase_tasks(cfg).items():
+        name = f"{stage}-{phase}"
+        task = '"$SLURM_ARRAY_TASK_ID/' + str(tasks) + '"' if tasks > 1 else "0/1"
+        steps.append(Step(
+            name=name, job=cfg.stage(stage).job, stage=stage, params=_sbatch_params(cluster, name, one if tasks > 1 else whole),
+            setup=setup_lines(cluster),
+            array=tasks if tasks > 1 else None, after=after if not steps else (steps[-1].name,), warnings=warnings,
+            command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--phase", phase, "--shard", task])],
+            notes=[f"phase {phase} of stage {stage}: {tasks} task{'s' * (tasks != 1)}, one process each"],
+        ))
+    steps.append(Step(
+        name=stage, job=cfg.stage(stage).job, stage=stage, params=_sbatch_params(cluster, stage, whole),
+        setup=setup_lines(cluster), after=(steps[-1].name,), warnings=warnings,
+        command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run])],
+    ))
     return steps
 
 

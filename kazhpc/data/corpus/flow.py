@@ -25,6 +25,7 @@ from typing import Any, Callable
 from datatrove.executor import LocalPipelineExecutor
 
 from kazhpc.config.corpus import TextCorpusConfig
+from kazhpc.errors import KazhpcError
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,11 @@ def pipelines(cfg: TextCorpusConfig, decontamination: Any, tokenizer_dir: str, b
         KeptLedger(_writer(out.kept)),
         tokenize,
     ]
-    stages: dict[str, tuple[list[Any], int]] = {"filter": (first, cfg.tasks)}
+    steps = {"filter": first, "blocks": last}
     if dedup:
-        stages["buckets"] = ([MinhashDedupBuckets(input_folder=str(out.signatures), output_folder=str(out.buckets), config=minhash)],
-                             cfg.minhash.buckets)
-        stages["clusters"] = ([MinhashDedupCluster(input_folder=str(out.buckets), output_folder=str(out.remove), config=minhash)], 1)
-    stages["blocks"] = (last, cfg.tasks)
-    return stages
+        steps["buckets"] = [MinhashDedupBuckets(input_folder=str(out.signatures), output_folder=str(out.buckets), config=minhash)]
+        steps["clusters"] = [MinhashDedupCluster(input_folder=str(out.buckets), output_folder=str(out.remove), config=minhash)]
+    return {name: (steps[name], tasks) for name, tasks in cfg.stage_tasks().items()}
 
 
 class KazhpcLocalExecutor(LocalPipelineExecutor):
@@ -152,13 +151,52 @@ class KazhpcLocalExecutor(LocalPipelineExecutor):
 
 def run_stages(stages: dict[str, tuple[list[Any], int]], cfg: TextCorpusConfig, out: CorpusLayout,
                on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the stages in order (local executor; completed tasks are skipped: a job that stopped
-    goes on where it was); return each stage's merged datatrove stats."""
+    """Run the stages in order (local executor; completed tasks are skipped: a job that stopped, or
+    whose tasks ran as SLURM array tasks, goes on where it was); return each stage's stats, summed
+    over its tasks."""
     stats: dict[str, Any] = {}
     for name, (pipeline, tasks) in stages.items():
         if on_stage:
             on_stage(name)
         workers = min(cfg.workers, tasks)
         KazhpcLocalExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(out.logs_of(name))).run()
-        stats[name] = json.loads((out.logs_of(name) / "stats.json").read_text(encoding="utf-8"))
+        stats[name] = stage_stats(out, name, tasks)
     return stats
+
+
+def run_task(stages: dict[str, tuple[list[Any], int]], name: str, rank: int, out: CorpusLayout) -> None:
+    """Task ``rank`` of stage ``name`` alone, in this process: what one SLURM array task runs. The
+    stages before it must be complete (their arrays ran first); a completed task is not redone."""
+    if name not in stages:
+        raise KazhpcError(f"corpus: no stage '{name}' in this config; its stages: {', '.join(stages)}")
+    pipeline, tasks = stages[name]
+    if not 0 <= rank < tasks:
+        raise KazhpcError(f"corpus stage {name}: task {rank} does not exist; it has {tasks} tasks (0..{tasks - 1})")
+    for before in list(stages)[: list(stages).index(name)]:
+        left = missing_tasks(out, before, stages[before][1])
+        if left:
+            raise KazhpcError(f"corpus stage {name}: stage {before} has {len(left)} of {stages[before][1]} tasks not "
+                              f"completed (first: {left[0]}; {out.logs_of(before) / 'completions'}); run them first")
+    KazhpcLocalExecutor(pipeline, tasks=tasks, workers=1, local_tasks=1, local_rank_offset=rank,
+                        logging_dir=str(out.logs_of(name))).run()
+
+
+def missing_tasks(out: CorpusLayout, name: str, tasks: int) -> list[int]:
+    """The tasks of stage ``name`` without datatrove's completion marker."""
+    done = out.logs_of(name) / "completions"
+    return [rank for rank in range(tasks) if not (done / f"{rank:05d}").is_file()]
+
+
+def stage_stats(out: CorpusLayout, name: str, tasks: int) -> list[dict[str, Any]]:
+    """A stage's datatrove stats summed over all its tasks, from each task's own file (the merged
+    stats.json datatrove writes covers only the tasks its last run ran)."""
+    from datatrove.utils.stats import PipelineStats
+
+    left = missing_tasks(out, name, tasks)
+    if left:
+        raise KazhpcError(f"corpus stage {name}: {len(left)} of {tasks} tasks not completed (first: {left[0]})")
+    total = PipelineStats()
+    for rank in range(tasks):
+        path = out.logs_of(name) / "stats" / f"{rank:05d}.json"
+        total = total + PipelineStats.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return json.loads(total.to_json())
