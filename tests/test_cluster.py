@@ -128,6 +128,46 @@ def test_preprocess_shards_become_an_array_then_a_merge() -> None:
     assert "preprocess-parts" not in unsharded  # one shard: one plain job
 
 
+CPT = CONFIGS / "pipelines" / "kazakh-cpt-sft.yaml"
+
+
+def test_every_job_with_phases_becomes_one_step_per_phase_then_its_own() -> None:
+    """Generic over the registry (corpus: datatrove's stages). Arrays of one-process tasks asking
+    for one CPU and the profile's memory per CPU; the one-task phase and the stage's own job get
+    the profile's entry (a100-example: corpus 32 CPUs, 128 GB)."""
+    from kazhpc.registry import JOB_TYPES
+
+    assert [job.name for job in JOB_TYPES if job.phased] == ["corpus"]
+    steps = [s for s in slurm_steps(load_config(CPT, ["corpus.tasks=3", "corpus.minhash.buckets=5"]), load_cluster(A100))
+             if s.stage == "corpus"]
+    assert [(s.name, s.array) for s in steps] == [("corpus-filter", 3), ("corpus-buckets", 5), ("corpus-clusters", None),
+                                                  ("corpus-blocks", 3), ("corpus", None)]
+    assert [s.after for s in steps] == [("extend-vocab",), *[(s.name,) for s in steps[:-1]]]
+    assert [(s.params["cpus_per_task"], s.params["mem"]) for s in steps] == [(1, "4GB"), (1, "4GB"), (32, "128GB"),
+                                                                             (1, "4GB"), (32, "128GB")]
+    assert '--phase filter --shard "$SLURM_ARRAY_TASK_ID/3"' in steps[0].command[-1]
+    assert "--phase clusters --shard 0/1" in steps[2].command[-1] and "--phase" not in steps[-1].command[-1]
+    assert all(s.command[-1].split()[:2] == ["apptainer", "exec"] for s in steps)  # inside the profile's container
+    no_dedup = load_config(CPT, ["corpus.tasks=3", "corpus.minhash.enabled=false"])
+    assert [s.name for s in slurm_steps(no_dedup, load_cluster(A100)) if s.stage == "corpus"] == ["corpus-filter", "corpus-blocks", "corpus"]
+    one_task = load_config(CPT, ["corpus.tasks=1"])
+    assert [s.name for s in slurm_steps(one_task, load_cluster(A100)) if s.stage == "corpus"] == ["corpus"]
+
+
+@pytest.mark.parametrize(("job", "shard", "phase", "message"), [
+    ("preprocess", "0/2", "filter", "job 'preprocess' has no phases; drop --phase"),
+    ("corpus", "0/2", "sort", "--phase sort: corpus has the phases filter, buckets, clusters, blocks"),
+    ("corpus", "0/3", "buckets", "--shard 0/3: corpus's phase buckets has 4 tasks, not 3"),
+])
+def test_a_phase_task_that_does_not_exist_is_a_one_line_error(tmp_path: Path, job: str, shard: str, phase: str,
+                                                             message: str) -> None:
+    from kazhpc.runner import new_run_dir, run_single
+
+    run_dir = new_run_dir(load_config(CPT, [f"runs_root={tmp_path}"]))
+    with pytest.raises(KazhpcError, match=re.escape(message)):
+        run_single(job, None, [], run_dir, shard, None, phase)
+
+
 def test_local_profile_runs_this_checkout_without_container() -> None:
     steps = slurm_steps(load_config(SMOKE), load_cluster(LOCAL))
     train = next(s for s in steps if s.name == "train")

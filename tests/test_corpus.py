@@ -78,6 +78,20 @@ def test_blocks_longer_than_the_model_context_are_refused(tmp_path: Path) -> Non
     assert "corpus.blocks.length: 256 tokens is above the model's context (128 tokens" in preflight_error(cfg)
 
 
+def test_a_task_whose_earlier_stage_is_not_done_is_refused(tmp_path: Path) -> None:
+    """An array task run by hand out of order (buckets before every filter task completed) would read
+    half the signatures; it is refused, naming the stage and its completion markers."""
+    from kazhpc.data.corpus.flow import CorpusLayout, run_task
+
+    out = CorpusLayout(tmp_path)
+    (tmp_path / "logs" / "filter" / "completions").mkdir(parents=True)
+    (tmp_path / "logs" / "filter" / "completions" / "00000").touch()
+    with pytest.raises(KazhpcError, match=r"corpus stage buckets: stage filter has 1 of 2 tasks not completed \(first: 1;"):
+        run_task({"filter": ([], 2), "buckets": ([], 4)}, "buckets", 0, out)
+    with pytest.raises(KazhpcError, match=r"task 4 does not exist; it has 4 tasks \(0..3\)"):
+        run_task({"filter": ([], 2), "buckets": ([], 4)}, "buckets", 4, out)
+
+
 # -- the job, for real: 1 task and 3 tasks give the same corpus -----------------------------------
 
 
