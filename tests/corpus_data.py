@@ -51,3 +51,66 @@ def write_corpus(folder: Path, files: int = 4) -> dict:
 
 if __name__ == "__main__":  # regenerate the committed fixture: python tests/corpus_data.py
     print(write_corpus(FIXTURES / "corpus"))
+
+
+def _card(configs: list[tuple[str, dict[str, str]]]) -> str:
+    """A dataset card whose YAML lists configs and their data files, as the hub's cards do."""
+    lines = ["---", "configs:"]
+    for name, splits in configs:
+        lines += [f"- config_name: {name}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {pattern}" for split, pattern in splits.items()]
+    return "\n".join([*lines, "---", "# a local copy, written by tests/corpus_data.py", ""])
+
+
+def write_hub_copies(root: Path) -> dict[str, tuple[dict, list[str]]]:
+    """Local copies of four Kazakh web corpora in their repositories' layouts and schemas, a few
+    fixture documents each: name → (the corpus source naming it, the texts its train split holds
+    in order). Other subsets and splits hold other texts, which must not be read."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    docs = kazakh_documents()
+    copies: dict[str, tuple[dict, list[str]]] = {}
+
+    fineweb = root / "fineweb-2"  # HuggingFaceFW/fineweb-2: data/<lang>/<split>/*.parquet
+    for lang, split, texts in (("kaz_Cyrl", "train", docs[0:3]), ("kaz_Cyrl", "train", docs[3:5]),
+                               ("kaz_Cyrl", "test", docs[5:6]), ("rus_Cyrl", "train", ["Другой язык."])):
+        folder = fineweb / "data" / lang / split
+        folder.mkdir(parents=True, exist_ok=True)
+        index = len(list(folder.glob("*.parquet")))
+        pq.write_table(pa.table({"text": texts, "id": [f"<urn:uuid:{lang}-{i}>" for i in range(len(texts))],
+                                 "dump": ["CC-MAIN-2024-10"] * len(texts), "url": ["https://example.kz/"] * len(texts),
+                                 "language": [lang.split("_")[0]] * len(texts), "language_score": [0.99] * len(texts),
+                                 "language_script": [lang.split("_")[1]] * len(texts)}),
+                       folder / f"000_{index:05d}.parquet")
+    (fineweb / "README.md").write_text(_card([("kaz_Cyrl", {"train": "data/kaz_Cyrl/train/*", "test": "data/kaz_Cyrl/test/*"}),
+                                              ("rus_Cyrl", {"train": "data/rus_Cyrl/train/*"})]), encoding="utf-8")
+    copies["fineweb-2"] = ({"name": "fineweb2", "dataset": str(fineweb), "subset": "kaz_Cyrl"}, docs[0:5])
+
+    culturax = root / "CulturaX"  # uonlp/CulturaX: <lang>/<lang>_part_*.parquet, fields text, timestamp, url, source
+    (culturax / "kk").mkdir(parents=True)
+    pq.write_table(pa.table({"text": docs[6:9], "timestamp": ["2021/03/01 10:00:00"] * 3, "url": ["https://example.kz/"] * 3,
+                             "source": ["mC4"] * 3}), culturax / "kk" / "kk_part_00000.parquet")
+    (culturax / "README.md").write_text(_card([("kk", {"train": "kk/*.parquet"})]), encoding="utf-8")
+    copies["CulturaX"] = ({"name": "culturax", "dataset": str(culturax), "subset": "kk"}, docs[6:9])
+
+    hplt = root / "HPLT2.0_cleaned"  # HPLT/HPLT2.0_cleaned: <lang>/*.jsonl.zst, field text
+    (hplt / "kaz_Cyrl").mkdir(parents=True)
+    lines = "".join(json.dumps({"id": i, "text": t, "lang": ["kaz_Cyrl"]}, ensure_ascii=False) + "\n" for i, t in enumerate(docs[9:11]))
+    (hplt / "kaz_Cyrl" / "1.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode("utf-8")))
+    (hplt / "README.md").write_text(_card([("kaz_Cyrl", {"train": "kaz_Cyrl/*.jsonl.zst"})]), encoding="utf-8")
+    copies["HPLT2.0_cleaned"] = ({"name": "hplt", "dataset": str(hplt), "subset": "kaz_Cyrl"}, docs[9:11])
+
+    multidomain = root / "multidomain-kazakh-dataset"  # kz-transformers/...: top-level CSVs, no configs
+    multidomain.mkdir()
+    texts = [docs[11], f'{docs[12]}\n"{docs[13][:40]}", деді ол.']  # a quoted, multi-line, comma-holding field
+    with (multidomain / "leipzig.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "predicted_language", "contains_kaz_symbols"])
+        writer.writerows([[i, t, "kaz", 1] for i, t in enumerate(texts)])
+    (multidomain / "README.md").write_text("# a local copy, written by tests/corpus_data.py\n", encoding="utf-8")
+    copies["multidomain-kazakh-dataset"] = ({"name": "multidomain", "dataset": str(multidomain)}, texts)
+    return copies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,76 @@ def test_a_task_whose_earlier_stage_is_not_done_is_refused(tmp_path: Path) -> No
         run_task({"filter": ([], 2), "buckets": ([], 4)}, "buckets", 0, out)
     with pytest.raises(KazhpcError, match=r"task 4 does not exist; it has 4 tasks \(0..3\)"):
         run_task({"filter": ([], 2), "buckets": ([], 4)}, "buckets", 4, out)
+
+
+# -- Hugging Face data sets as sources: local copies in their layouts, read as the hub's would be --
+
+
+@pytest.fixture(scope="module")
+def hub_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, list[str]]]:
+    from corpus_data import write_hub_copies
+
+    return write_hub_copies(tmp_path_factory.mktemp("hub"))
+
+
+@pytest.mark.parametrize("layout", ["fineweb-2", "CulturaX", "HPLT2.0_cleaned", "multidomain-kazakh-dataset"])
+def test_a_data_set_source_reads_its_subsets_split_in_order(hub_copies: dict, layout: str) -> None:
+    """`datasets` resolves the subset's files (the card's configs, or the default layout for the CSV
+    copy); other subsets and splits are not read; parquet, .jsonl.zst and CSV (a quoted multi-line
+    field) by their names."""
+    from kazhpc.config.corpus import TextSourceConfig
+    from kazhpc.data.corpus.sources import CorpusSources
+
+    source, texts = hub_copies[layout]
+    docs = list(CorpusSources([TextSourceConfig(**source)]).run())
+    assert [d.text for d in docs] == texts
+    assert all(d.metadata["source"] == source["name"] and d.metadata["file"].startswith(source["dataset"]) for d in docs)
+
+
+def test_data_set_sources_pass_preflight_and_their_errors_are_one_line(tmp_path: Path, hub_copies: dict) -> None:
+    fineweb, _ = hub_copies["fineweb-2"]
+    sources = ",".join("{" + ", ".join(f"{k}: '{v}'" for k, v in source.items()) + "}" for source, _ in hub_copies.values())
+    from kazhpc.corpus_job import preflight
+
+    assert preflight(corpus_config(tmp_path, CORPUS, f"corpus.sources=[{sources}]")) == []
+    folder = fineweb["dataset"]
+    wrong = {
+        "subset: kaz_Latn": "corpus.sources[kk].dataset: " + folder + ": BuilderConfig 'kaz_Latn' not found. Available: ['kaz_Cyrl', 'rus_Cyrl']",
+        "subset: kaz_Cyrl, split: validation": "corpus.sources[kk].dataset: " + folder + " (kaz_Cyrl) has no split 'validation'; its splits: train, test",
+        "subset: kaz_Cyrl, text_key: content": "no field 'content' (its fields: text, id, dump, url, language, language_score, language_script); set text_key",
+    }
+    for change, message in wrong.items():
+        cfg = corpus_config(tmp_path, CORPUS, f"corpus.sources=[{{name: kk, dataset: {folder}, {change}}}]")
+        assert message in preflight_error(cfg), change
+
+
+def test_a_hub_data_set_offline_is_a_one_line_error_naming_the_way_out(tmp_path: Path) -> None:
+    """The hub id path is the real one (datasets resolves the files); with the hub unreachable, as
+    on most compute nodes, the message says to name a local copy. Run in a fresh process, since
+    datasets reads HF_HUB_OFFLINE when it is imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from kazhpc.data.corpus.sources import dataset_files\n"
+            "from kazhpc.errors import KazhpcError\n"
+            "try:\n    dataset_files('HuggingFaceFW/fineweb-2', 'kaz_Cyrl', 'train', None, 'web')\n"
+            "except KazhpcError as exc:\n    print(exc)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout.strip()
+    assert out.startswith("corpus.sources[web].dataset: HuggingFaceFW/fineweb-2: ") and "\n" not in out
+    assert out.endswith("(offline: on a node without the hub, name a local copy of the data set)")
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("{name: kk}", "give either path (files) or dataset (a Hugging Face data set)"),
+    ("{name: kk, path: x.jsonl, dataset: a/b}", "give either path (files) or dataset"),
+    ("{name: kk, dataset: 'not a hub id'}", "is neither a folder nor a hub id 'owner/name'"),
+])
+def test_a_source_with_neither_or_both_origins_is_refused(tmp_path: Path, source: str, message: str) -> None:
+    with pytest.raises(KazhpcError, match=re.escape(message)) as caught:
+        corpus_config(tmp_path, CORPUS, f"corpus.sources=[{source}]")
+    assert "\n" not in str(caught.value)
 
 
 # -- the job, for real: 1 task and 3 tasks give the same corpus -----------------------------------

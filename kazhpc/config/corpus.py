@@ -1,6 +1,7 @@
 """The ``corpus`` section: raw Kazakh text for continued pretraining, processed with datatrove.
 
-Sources are files or folders of JSONL, Parquet or plain text. The steps run in this order, each
+Sources are files or folders of JSONL, Parquet, CSV or plain text, or Hugging Face data sets (a hub
+id, or a local copy of its repository). The steps run in this order, each
 with its thresholds here: cleaning (kazhpc's own), document language ID (lingua, offline),
 Gopher quality and repetition filters, decontamination against the evaluation sets, MinHash near
 deduplication (datatrove's four distributed stages), a held-out split, and tokenization into packed
@@ -9,12 +10,16 @@ fixed-length blocks (kazhpc.data.corpus).
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path, repeated
 from kazhpc.config.preprocess import DecontaminationConfig, SpecialTokenHandling
+
+HUB_DATASET_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 #: Common Kazakh function words: Gopher's stop-word rule (a real text has some) needs them; its
 #: default list is English and would drop every Kazakh document.
@@ -28,12 +33,23 @@ KAZAKH_STOP_WORDS = (
 
 
 class TextSourceConfig(Strict):
-    """One raw-text source: a file, or a folder of files (``glob`` picks them)."""
+    """One raw-text source: a file, or a folder of files (``glob`` picks them); or a Hugging Face
+    data set, from the hub or a local copy of it in its own layout (``dataset``)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="short name used in counts and rejects")
-    path: str = Field(description="a file, or a folder read recursively")
-    format: Literal["jsonl", "parquet", "text"] = "jsonl"
-    text_key: str = Field("text", description="jsonl/parquet: the field holding the document's text")
+    path: str | None = Field(None, description="a file, or a folder read recursively")
+    dataset: str | None = Field(
+        None, description="a data set's hub id ('HuggingFaceFW/fineweb-2') or a local copy of its repository "
+        "(a folder in the same layout: what `hf download --repo-type dataset` writes); its files for `subset` "
+        "and `split` are the ones `datasets` resolves"
+    )
+    subset: str | None = Field(None, description="dataset: its configuration (FineWeb-2 'kaz_Cyrl', CulturaX 'kk')")
+    split: str = Field("train", description="dataset: the split to read")
+    revision: str | None = Field(None, description="dataset: a branch, tag or commit; pin a commit for a corpus that stays the same")
+    format: Literal["jsonl", "parquet", "csv", "text"] | None = Field(
+        None, description="default: each file's extension (.jsonl/.json[.gz|.zst], .parquet, .csv, .txt)"
+    )
+    text_key: str = Field("text", description="jsonl/parquet/csv: the field holding the document's text")
     glob: str | None = Field(None, description="a folder: the files to read, e.g. '*.jsonl.gz' (default: all)")
     unit: Literal["file", "paragraph", "line"] = Field(
         "paragraph", description="text format: what one document is (a blank line separates paragraphs)"
@@ -41,8 +57,33 @@ class TextSourceConfig(Strict):
 
     @field_validator("path")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        return absolute_path(value)
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_path(value)
+
+    @field_validator("dataset")
+    @classmethod
+    def _hub_id_or_folder(cls, value: str | None) -> str | None:
+        """A folder that exists (or a path: './', '/', '~') is a local copy, stored absolute; else a hub id."""
+        if value is None:
+            return None
+        if value.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(value)):
+            return absolute_path(value)
+        if not HUB_DATASET_ID.match(value):
+            raise ValueError(f"{value!r} is neither a folder nor a hub id 'owner/name'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> TextSourceConfig:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError(f"source {self.name!r}: give either path (files) or dataset (a Hugging Face data set)")
+        return self
+
+    @property
+    def origin(self) -> str:
+        """What the source reads, for messages: its path, or its data set with subset and split."""
+        if self.path is not None:
+            return self.path
+        return f"{self.dataset} ({', '.join(filter(None, [self.subset, self.split, self.revision]))})"
 
 
 class QualityConfig(Strict):

@@ -23,11 +23,13 @@ def preview_source(source: TextSourceConfig, section: TextCorpusConfig, document
     from kazhpc.data.corpus.sources import CorpusSources, source_files
 
     key = f"corpus.sources[{source.name}]"
-    if not os.path.exists(source.path):
+    if source.path is not None and not os.path.exists(source.path):
         raise KazhpcError(f"{key}.path: {source.path}: file or folder not found")
+    if source.dataset is not None and source.dataset.startswith("/") and not os.path.isdir(source.dataset):
+        raise KazhpcError(f"{key}.dataset: {source.dataset}: folder not found (a local copy of a data set is a folder)")
     files = source_files(source)
     if not files:
-        raise KazhpcError(f"{key}: no files in {source.path}" + (f" match glob {source.glob!r}" if source.glob else ""))
+        raise KazhpcError(f"{key}: no files in {source.origin}" + (f" match glob {source.glob!r}" if source.glob else ""))
     reader = CorpusSources([source])
     texts, problems = [], []
     for folder, name in files:
@@ -49,7 +51,7 @@ def preview_source(source: TextSourceConfig, section: TextCorpusConfig, document
                 raise KazhpcError(f"{key}: {first['file']}:{first['row']}: no field {source.text_key!r}"
                                   + (f" (its fields: {fields})" if fields else "") + "; set text_key")
             raise KazhpcError(f"{key}: {first['file']}:{first['row']}: {detail.replace('_', ' ', 1)}")
-        raise KazhpcError(f"{key}: {source.path} holds no documents (empty)")
+        raise KazhpcError(f"{key}: {source.origin} holds no documents (empty)")
     return _language_check(key, texts, section)
 
 

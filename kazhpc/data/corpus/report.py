@@ -113,8 +113,21 @@ def corpus_manifest(cfg: TextCorpusConfig, out: CorpusLayout, stats: dict[str, A
 
 
 def _files_of(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    paths = [Path(folder) / name for folder, name in pairs]
-    return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_digest(p)} for p in paths]
+    """Each input file's size and sha256: read here for a local file; from the hub's record for a
+    hub file (its LFS sha256, else its git blob id), which the commit in its URL pins."""
+    records = []
+    for folder, name in pairs:
+        if "://" not in folder:
+            path = Path(folder) / name
+            records.append({"path": str(path), "bytes": path.stat().st_size, "sha256": file_digest(path)})
+            continue
+        from datatrove.io import get_datafolder
+
+        info = get_datafolder(folder).info(name)
+        lfs = info.get("lfs") or {}
+        records.append({"path": f"{folder}/{name}", "bytes": info.get("size"),
+                        **({"sha256": lfs["sha256"]} if "sha256" in lfs else {"git_blob": info.get("blob_id")})})
+    return records
 
 
 def corpus_table(manifest: dict[str, Any]) -> str:

@@ -1,5 +1,9 @@
 """The corpus job's reader: every source's files, one ordered list, split into contiguous ranges.
 
+A source is files (a file, a folder) or a Hugging Face data set (a hub id, or a local copy of its
+repository), whose files for a subset and split ``datasets`` resolves (:func:`dataset_files`);
+each file is JSONL, Parquet, CSV or text, by ``format`` or by its name.
+
 datatrove's own readers give task ``r`` the files ``r, r + n, r + 2n, ...`` of each source and log
 and skip a malformed line. kazhpc needs two things they do not give:
 
@@ -13,11 +17,14 @@ and skip a malformed line. kazhpc needs two things they do not give:
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Iterator
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
+
+from kazhpc.errors import KazhpcError
 
 if TYPE_CHECKING:
     from datatrove.pipeline.writers.disk_base import DiskWriter
@@ -29,10 +36,54 @@ def source_files(source: TextSourceConfig) -> list[tuple[str, str]]:
     """(folder, relative file) pairs of one source, sorted; a file is its own folder's one file."""
     import os
 
+    if source.dataset is not None:
+        return list(dataset_files(source.dataset, source.subset, source.split, source.revision, source.name))
+    assert source.path is not None  # the config holds one of path and dataset
     if os.path.isfile(source.path):
         return [(os.path.dirname(source.path), os.path.basename(source.path))]
     folder = get_datafolder(source.path)
     return [(source.path, f) for f in sorted(folder.list_files(recursive=True, glob_pattern=source.glob))]
+
+
+@functools.lru_cache(maxsize=32)
+def dataset_files(dataset: str, subset: str | None, split: str, revision: str | None, name: str) -> tuple[tuple[str, str], ...]:
+    """A Hugging Face data set's files for one subset and split, sorted, as ``datasets`` resolves
+    them from the repository's card (its ``configs:``) or its default layout: local paths for a
+    local copy, ``hf://datasets/<id>@<commit>/...`` for the hub (read through fsspec, pinned to the
+    commit resolved). Nothing is downloaded here."""
+    import posixpath
+
+    import datasets
+
+    key = f"corpus.sources[{name}].dataset"
+    try:
+        builder = datasets.load_dataset_builder(dataset, subset, revision=revision)
+    except Exception as exc:  # datasets raises ValueError, FileNotFoundError, ConnectionError, hub errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        offline = " (offline: on a node without the hub, name a local copy of the data set)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise KazhpcError(f"{key}: {dataset}: {first[:300]}{offline}") from None
+    files = dict(builder.config.data_files or {})
+    if split not in files:
+        raise KazhpcError(f"{key}: {dataset} ({subset or 'default'}) has no split {split!r}; its splits: {', '.join(files) or 'none'}")
+    return tuple(sorted((posixpath.dirname(str(f)), posixpath.basename(str(f))) for f in files[split]))
+
+
+#: File name endings → format, for sources without ``format`` (compression suffixes are read through).
+_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+def format_of(source: TextSourceConfig, name: str) -> str:
+    """The source's format, or its file's from the name's extension (``x.jsonl.gz`` is jsonl)."""
+    if source.format is not None:
+        return source.format
+    stem = name
+    for compression in (".gz", ".zst", ".bz2", ".xz"):
+        stem = stem.removesuffix(compression)
+    for ending, fmt in _FORMATS.items():
+        if stem.endswith(ending):
+            return fmt
+    raise KazhpcError(f"corpus.sources[{source.name}]: cannot tell the format of {name} from its name; set format "
+                      f"(jsonl, parquet, csv or text)")
 
 
 def contiguous_range(count: int, rank: int, world_size: int) -> range:
@@ -78,7 +129,7 @@ class CorpusSources(PipelineStep):
     def _read(self, source: TextSourceConfig, folder: str, name: str) -> Iterator[Document]:
         """The file's documents; a bad row is a Document whose text is None and whose metadata says why."""
         where = f"{folder.rstrip('/')}/{name}"
-        reader = {"jsonl": _jsonl_rows, "parquet": _parquet_rows, "text": _text_rows}[source.format]
+        reader = {"jsonl": _jsonl_rows, "parquet": _parquet_rows, "csv": _csv_rows, "text": _text_rows}[format_of(source, name)]
         for position, row, problem in reader(source, folder, name):
             meta: dict[str, Any] = {"source": source.name, "file": where, "row": position + 1}
             if problem is None and not isinstance(row.get(source.text_key) if isinstance(row, dict) else None, str):
@@ -91,9 +142,12 @@ class CorpusSources(PipelineStep):
 
 
 def _jsonl_rows(source: TextSourceConfig, folder: str, name: str) -> Iterator[tuple[int, Any, str | None]]:
+    import io
     import json
 
-    with get_datafolder(folder).open(name, "rb", compression="infer") as f:
+    with get_datafolder(folder).open(name, "rb", compression="infer") as opened:
+        # zstandard's reader (.jsonl.zst) reads blocks but not lines: buffered, every reader does both.
+        f = opened if hasattr(opened, "peek") else io.BufferedReader(opened)
         for position, raw in enumerate(f):
             try:
                 line = raw.decode("utf-8")
@@ -119,6 +173,31 @@ def _parquet_rows(source: TextSourceConfig, folder: str, name: str) -> Iterator[
             for row in batch.to_pylist():
                 yield position, row, None
                 position += 1
+
+
+def _csv_rows(source: TextSourceConfig, folder: str, name: str) -> Iterator[tuple[int, Any, str | None]]:
+    """A CSV file with a header row (kz-transformers/multidomain-kazakh-dataset's layout); a row
+    with more or fewer fields than the header is a reject."""
+    import csv
+    import io
+    import sys
+
+    csv.field_size_limit(sys.maxsize)  # a document is one field, and a book is longer than csv's 128 KiB
+    with get_datafolder(folder).open(name, "rb", compression="infer") as raw:
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        try:
+            header = next(reader)
+            for position, fields in enumerate(reader):
+                if len(fields) != len(header):
+                    yield position, fields[:8], f"bad_csv_row:{len(fields)} fields, the header has {len(header)}"
+                    continue
+                yield position, dict(zip(header, fields)), None
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            yield 0, name, f"not_utf8:{exc.reason}"
+        except csv.Error as exc:
+            yield reader.line_num, name, f"bad_csv:{exc}"
 
 
 def _text_rows(source: TextSourceConfig, folder: str, name: str) -> Iterator[tuple[int, Any, str | None]]:
