@@ -249,6 +249,12 @@ def parse_part(spec: str) -> tuple[int, int]:
     return index, count
 
 
+def task_key(stage: str, index: int, count: int, phase: str | None = None) -> str:
+    """run.json's key for one part of a stage (``preprocess[0/2]``) or one task of a phase
+    (``corpus:filter[0/2]``); kazhpc status reads them back (kazhpc.launch.status)."""
+    return f"{stage}{f':{phase}' if phase else ''}[{index}/{count}]"
+
+
 def stage_of_job(cfg: PipelineConfig, job: str, stage: str | None) -> str:
     """The stage a `kazhpc <job>` command (or jobs/<job>.py) runs: the one named, else the stage
     named as the job type, else the only stage of that type."""
@@ -309,7 +315,7 @@ def run_single(
     for warning in preflight(cfg, [name]):
         log.warning(warning)
     job_dir = run_dir / name
-    part = f"{name}{f':{phase}' if phase else ''}[{index}/{count}]"
+    part = task_key(name, index, count, phase)
     set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     inputs = inputs_of(cfg, run_dir, name)  # before the part reads them
     upstream = upstream_dirs(cfg, run_dir, name)

@@ -372,3 +372,13 @@ def test_ranks_preempted_under_torchrun_are_requeued_from_run_json(tmp_path: Pat
         assert done.returncode == 0 and "FAILED step train exited with 1" in done.stdout, done.stdout + done.stderr
     else:
         assert done.returncode == 3 and "REQUEUE" in done.stdout, done.stdout + done.stderr
+
+
+def test_status_reads_each_step_s_tasks_under_the_keys_the_runner_writes() -> None:
+    """A phase's tasks, a split job's parts and a plain stage, in run.json (kazhpc.runner.task_key)."""
+    from kazhpc.launch.status import state_keys
+
+    assert state_keys({"stage": "corpus", "phase": "filter", "array": 2}) == ["corpus:filter[0/2]", "corpus:filter[1/2]"]
+    assert state_keys({"stage": "corpus", "phase": "clusters", "array": None}) == ["corpus:clusters[0/1]"]
+    assert state_keys({"stage": "pre", "job": "preprocess", "array": 2}) == ["pre[0/2]", "pre[1/2]"]
+    assert state_keys({"job": "train", "array": None}) == ["train"]  # a record from before named stages

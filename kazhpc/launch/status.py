@@ -97,24 +97,21 @@ def step_states(run_dir: Path, cancel_never_satisfied: bool = True) -> list[Step
     run_state = read_state(run_dir)
     result = []
     for step in latest_steps(submission).values():
-        stage = stage_of(step)
         slurm = slurm_states(step["slurm_id"])
         since = step["attempt_time"]
+        keys = state_keys(step)
         if step["array"]:
-            n = step["array"]
             tasks = {}
-            for i, task in enumerate(step["tasks"]):
+            for key, task in zip(keys, step["tasks"]):
                 found = slurm.get(task)
-                recorded = _recorded(run_state, f"{stage}[{i}/{n}]", since)
-                tasks[task] = found[0] if found else _from_record(recorded)
+                tasks[task] = found[0] if found else _from_record(_recorded(run_state, key, since))
             reasons = [r for s, r in slurm.values()]
         else:
             found = slurm.get(step["slurm_id"])
-            recorded = _recorded(run_state, stage, since)
-            tasks = {step["slurm_id"]: found[0] if found else _from_record(recorded)}
+            tasks = {step["slurm_id"]: found[0] if found else _from_record(_recorded(run_state, keys[0], since))}
             reasons = [found[1]] if found else []
         reason = next((r for r in reasons if r and r != "None"), "")
-        record = _recorded(run_state, stage, since) or {}
+        record = next((r for key in keys if (r := _recorded(run_state, key, since)) and r.get("error")), None) or {}
         item = StepState(step["name"], step["job"], step["slurm_id"], _overall(list(tasks.values())), step["logs"],
                          step["job_log"], tasks, reason, record.get("error", ""))
         _record_kills(run_dir, step, tasks, run_state)
@@ -132,18 +129,28 @@ def stage_of(step: dict[str, Any]) -> str:
     return step.get("stage") or step["job"]
 
 
+def state_keys(step: dict[str, Any]) -> list[str]:
+    """run.json's keys for a submitted step's tasks: the stage's (one job), its parts' (an array
+    of parts), or its phase's tasks' (kazhpc.runner.task_key)."""
+    from kazhpc.runner import task_key
+
+    stage, phase, n = stage_of(step), step.get("phase"), step["array"]
+    if phase is not None:
+        return [task_key(stage, i, n or 1, phase) for i in range(n or 1)]
+    return [task_key(stage, i, n) for i in range(n)] if n else [stage]
+
+
 def _record_kills(run_dir: Path, step: dict[str, Any], tasks: dict[str, str], run_state: dict[str, Any]) -> None:
     """A job SLURM ended (scancel, timeout, out of memory) never wrote its own end: write it for it in
     run.json, and end its MLflow child run as KILLED, so neither says RUNNING forever."""
     from kazhpc.runner import set_job_state
 
-    stage = stage_of(step)
-    keys = [f"{stage}[{i}/{step['array']}]" for i in range(step["array"])] if step["array"] else [stage]
-    for key, (task, state) in zip(keys, tasks.items()):
+    whole = not step["array"] and not step.get("phase")  # the stage's own job: it has a child run
+    for key, (task, state) in zip(state_keys(step), tasks.items()):
         recorded = _recorded(run_state, key, step["attempt_time"])
         if state in FAILED_STATES - {"FAILED", "LOST"} and recorded and recorded.get("status") == "RUNNING":
             set_job_state(run_dir, key, status=state, error=f"SLURM job {task} ended {state}")
-            _end_runs(run_dir, None if step["array"] else stage)
+            _end_runs(run_dir, stage_of(step) if whole else None)
 
 
 def _end_runs(run_dir: Path, job: str | None) -> None:

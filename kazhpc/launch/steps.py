@@ -55,6 +55,8 @@ class Step:
     warnings: list[str] = field(default_factory=list)
     #: The stage it runs: its folder in the run directory and its key in run.json.
     stage: str = field(kw_only=True)
+    #: The phase of the stage whose tasks it runs (corpus: 'filter', ...), or None.
+    phase: str | None = field(default=None, kw_only=True)
 
     def sbatch_options(self) -> dict[str, Any]:
         """Every option of the step's #SBATCH lines, as submitit and `kazhpc render` both write them."""
@@ -282,7 +284,7 @@ def _phase_steps(
         steps.append(Step(
             name=name, job=cfg.stage(stage).job, stage=stage, params=_sbatch_params(cluster, name, one if tasks > 1 else whole),
             setup=setup_lines(cluster),
-            array=tasks if tasks > 1 else None, after=after if not steps else (steps[-1].name,), warnings=warnings,
+            array=tasks if tasks > 1 else None, after=after if not steps else (steps[-1].name,), warnings=warnings, phase=phase,
             command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--phase", phase, "--shard", task])],
             notes=[f"phase {phase} of stage {stage}: {tasks} task{'s' * (tasks != 1)}, one process each"],
         ))

@@ -258,7 +258,7 @@ def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[
         ids[step.name] = slurm_id
         log.info("submitted %s as SLURM job %s%s", step.name, slurm_id, f" after {','.join(depends)}" if depends else "")
         submitted.append({
-            "name": step.name, "job": step.job, "stage": step.stage, "slurm_id": slurm_id, "array": step.array, "tasks": tasks,
+            "name": step.name, "job": step.job, "stage": step.stage, "phase": step.phase, "slurm_id": slurm_id, "array": step.array, "tasks": tasks,
             "after": list(step.after), "dependency": extra.get("dependency"), "logs": logs,
             "job_log": str(run_dir / step.stage / "job.log"),
         })
