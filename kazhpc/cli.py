@@ -6,6 +6,7 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -139,9 +140,12 @@ def sweep(
                                                show_default=False),
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="STAGE.path.in.manifest to compare (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and preflight every variant, list them; run nothing"),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="submit the variants to SLURM with this profile "
+                                           "(one array per step when they share their steps) instead of running them here"),
 ) -> None:
-    """Run variants of one config here, one after another, as sibling MLflow runs under one parent;
-    then write the comparison table and plot (kazhpc compare)."""
+    """Run variants of one config as sibling MLflow runs under one parent: here, one after another,
+    then write the comparison table and plot (kazhpc compare); or, with --cluster, submitted to SLURM
+    (kazhpc compare SWEEP_DIR once they are done)."""
     from kazhpc.sweep import SweepSpec, compare, grid, load_variants, read_sweep_file, run_sweep, split_values
 
     setup_logging()
@@ -165,6 +169,18 @@ def sweep(
 
             for warning in preflight_variants(variants):
                 err.print(labelled("warning:", "yellow", warning), highlight=False)
+            return
+        if cluster is not None:
+            from kazhpc.launch.cluster import load_cluster
+            from kazhpc.launch.sweep import submit_sweep
+
+            folder = submit_sweep(spec, load_cluster(cluster), cluster)
+            record = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+            how = "one SLURM array per step" if record["submission"]["arrays"] else "each variant its own jobs"
+            out.print(f"sweep folder: {folder} ({how})", highlight=False, soft_wrap=True)
+            for variant in record["variants"]:
+                out.print(f"  {variant['name']}: kazhpc status {variant['run_dir']}", highlight=False, markup=False, soft_wrap=True)
+            out.print(f"when they are done: kazhpc compare {folder}", highlight=False, markup=False, soft_wrap=True)
             return
         folder = run_sweep(spec)
         out.print(f"sweep folder: {folder}", highlight=False)

@@ -189,10 +189,31 @@ def preflight_variants(variants: list[Variant]) -> list[str]:
 # Running
 
 
-def run_sweep(spec: SweepSpec) -> Path:
-    """Run the variants here, one after another; return the sweep folder."""
+@dataclass
+class SweepRun:
+    """A sweep under way: its folder, its record (sweep.json) and its MLflow parent run."""
+
+    spec: SweepSpec
+    variants: list[Variant]
+    folder: Path
+    record: dict[str, Any]
+    tracker: Any
+    parent: str | None
+
+    def tags(self, variant: Variant) -> dict[str, str]:
+        """A variant's pipeline run: a child of the sweep's, tagged with the sweep, the variant and
+        every varied key."""
+        return {"kazhpc.sweep": self.spec.name, "kazhpc.variant": variant.name,
+                **{f"sweep.{k}": v for k, v in variant.varied.items()},
+                **({"mlflow.parentRunId": self.parent} if self.parent else {})}
+
+    def write(self) -> None:
+        _write(self.folder, self.record)
+
+
+def start_sweep(spec: SweepSpec) -> SweepRun:
+    """Load, validate and preflight every variant, then make the sweep's folder and parent run."""
     from kazhpc.config import flatten
-    from kazhpc.runner import run_pipeline
     from kazhpc.tracking import Tracker, run_tags
 
     variants = load_variants(spec)
@@ -208,26 +229,32 @@ def run_sweep(spec: SweepSpec) -> Path:
     tracker = Tracker(first.tracking, first.runs_root, folder)
     parent = tracker.start_pipeline(f"sweep {spec.name}", {"variants": len(variants), **flatten(
         {"varied": {v.name: v.varied for v in variants}})}, {**run_tags(first.config_hash()), "kazhpc.sweep": spec.name})
+    return SweepRun(spec, variants, folder, record, tracker, parent)
+
+
+def run_sweep(spec: SweepSpec) -> Path:
+    """Run the variants here, one after another; return the sweep folder."""
+    from kazhpc.runner import run_pipeline
+
+    sweep = start_sweep(spec)
     status = "FINISHED"
     try:
-        for entry, variant in zip(record["variants"], variants):
-            tags = {"kazhpc.sweep": spec.name, "kazhpc.variant": variant.name,
-                    **{f"sweep.{k}": v for k, v in variant.varied.items()},
-                    **({"mlflow.parentRunId": parent} if parent else {})}
+        for entry, variant in zip(sweep.record["variants"], sweep.variants):
             entry["status"] = "RUNNING"
-            _write(folder, record)
+            sweep.write()
             try:
-                entry["run_dir"] = str(run_pipeline(variant.cfg, tags=tags, on_run_dir=lambda d, e=entry: _started(folder, record, e, d)))
+                entry["run_dir"] = str(run_pipeline(variant.cfg, tags=sweep.tags(variant),
+                                                    on_run_dir=lambda d, e=entry: _started(sweep.folder, sweep.record, e, d)))
                 entry["status"] = "COMPLETED"
             except BaseException:
                 entry["status"] = "FAILED"
                 status = "FAILED"
                 raise
             finally:
-                _write(folder, record)
+                sweep.write()
     finally:
-        tracker.finish_pipeline(status)
-    return folder
+        sweep.tracker.finish_pipeline(status)
+    return sweep.folder
 
 
 def _started(folder: Path, record: dict[str, Any], entry: dict[str, Any], run_dir: Path) -> None:
@@ -293,6 +320,8 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
     judged = [rule.get("lowest") or rule.get("highest"), (rule.get("within") or {}).get("metric")]
     metrics = [*metrics, *[m for m in judged if m and m not in metrics]]  # the rule's values are shown too
     keys = sorted({k for v in record["variants"] for k in v["varied"]})
+    if record.get("submission"):
+        _update_submitted(folder, record)
     rows = []
     for v in record["variants"]:
         run_dir = Path(v["run_dir"]) if v.get("run_dir") else None
@@ -317,6 +346,27 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
         writer.writerows(rows)
     _plot(folder / "compare.png", rows, metrics)
     return folder / "compare.md"
+
+
+def _update_submitted(folder: Path, record: dict[str, Any]) -> None:
+    """A submitted sweep's variants are where their run.json says (COMPLETED once every stage is,
+    FAILED if one did); once none is still going, the sweep's MLflow run ends, once."""
+    from kazhpc.runner import open_run_dir, read_state
+
+    for variant in record["variants"]:
+        run_dir = Path(variant["run_dir"])
+        jobs = read_state(run_dir).get("jobs", {})
+        states = [jobs.get(stage, {}).get("status") for stage in open_run_dir(run_dir).stage_names]
+        failed = [s for s in states if s in ("FAILED", "INTERRUPTED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")]
+        variant["status"] = "COMPLETED" if all(s == "COMPLETED" for s in states) else failed[0] if failed else "SUBMITTED"
+    if not record.get("finished") and all(v["status"] != "SUBMITTED" for v in record["variants"]):
+        from kazhpc.tracking import Tracker
+
+        cfg = open_run_dir(Path(record["variants"][0]["run_dir"]))
+        Tracker(cfg.tracking, cfg.runs_root, folder).finish_pipeline(
+            "FINISHED" if all(v["status"] == "COMPLETED" for v in record["variants"]) else "FAILED")
+        record["finished"] = time.time()
+    _write(folder, record)
 
 
 def _stage_names(value: str) -> str:

@@ -98,3 +98,68 @@ def test_a_sweep_runs_sibling_runs_under_one_parent_and_compares_them(tmp_path: 
     children = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["kazhpc.variant"] for c in children) == ["min_answer_words-1", "min_answer_words-40"]
     assert {c.data.tags["sweep.preprocess.cleaning.min_answer_words"] for c in children} == {"1", "40"}
+
+
+def test_variants_share_a_plan_only_when_their_steps_are_the_same() -> None:
+    """Shared steps (one array per step over the variants) need the same names, resources and
+    commands; a variant with other shards has other steps, so the sweep submits it on its own."""
+    from kazhpc.config import load_config
+    from kazhpc.launch.cluster import load_cluster
+    from kazhpc.launch.steps import slurm_steps
+    from kazhpc.launch.sweep import shared_plan
+
+    local = load_cluster(CONFIGS / "clusters" / "local.yaml")
+    plan = lambda *o: slurm_steps(load_config(SMOKE, ["jobs=[tokenizers,preprocess]", *o]), local)  # noqa: E731
+    assert shared_plan([plan("preprocess.cleaning.min_answer_words=1"), plan("preprocess.cleaning.min_answer_words=40")])
+    assert not shared_plan([plan("preprocess.shards=1"), plan("preprocess.shards=2")])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_sweep_submitted_to_slurm_is_one_array_per_shared_step(local_slurm: str, tmp_path: Path, model_cache: Path) -> None:
+    """`kazhpc sweep ... --cluster`: tokenizers is one array over the two variants; preprocess-parts
+    is an array itself, so one per variant, each after its own variant's tokenizers task; the
+    preprocess merge is one array again. Each variant's run directory is a run like any other
+    (kazhpc status), compare reads them, and the sweep's MLflow run ends once both are done."""
+    from mlflow.tracking import MlflowClient
+
+    from kazhpc.runner import read_state
+
+    done = kazhpc("sweep", str(SMOKE), f"runs_root={tmp_path}", f"cache_dir={model_cache}", "jobs=[tokenizers,preprocess]",
+                  "tokenizers.tokenizers=[gemma3]", "preprocess.shards=2", "preprocess.cleaning.min_answer_words=1,40",
+                  "--cluster", str(CONFIGS / "clusters" / "local.yaml"), timeout=300)
+    assert done.code == 0, done.stderr[-3000:]
+    (folder,) = tmp_path.glob("sweep-smoke-*")
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["submission"]["arrays"] is True
+    run_dirs = [Path(v["run_dir"]) for v in record["variants"]]
+    try:
+        for run_dir in run_dirs:
+            waited = kazhpc("status", str(run_dir), "--wait", "--timeout", "600", timeout=660)
+            assert waited.code == 0 and "all jobs completed" in waited.stdout, waited.stdout + waited.stderr[-2000:]
+    finally:
+        for run_dir in run_dirs:
+            kazhpc("cancel", str(run_dir))
+    steps = [{s["name"]: s for s in json.loads((d / "submission.json").read_text())["attempts"][0]["steps"]} for d in run_dirs]
+    tokenizers = steps[0]["tokenizers"]["sweep_array"]
+    for i, variant in enumerate(steps):
+        assert list(variant) == ["tokenizers", "preprocess-parts", "preprocess"]
+        assert variant["tokenizers"]["slurm_id"] == f"{tokenizers}_{i}"
+        assert variant["preprocess-parts"]["array"] == 2
+        assert variant["preprocess-parts"]["dependency"] == f"afterok:{tokenizers}_{i}"  # its own variant's task
+        parts = ":".join(v["preprocess-parts"]["slurm_id"] for v in steps)
+        assert variant["preprocess"]["dependency"] == f"afterok:{parts}"
+        assert variant["preprocess"]["slurm_id"] == f"{steps[0]['preprocess']['sweep_array']}_{i}"
+        state = read_state(run_dirs[i])["jobs"]
+        assert all(state[k]["status"] == "COMPLETED" for k in ("tokenizers", "preprocess[0/2]", "preprocess[1/2]", "preprocess"))
+    table = kazhpc("compare", str(folder), "--metric", "preprocess.counts.train_rows")
+    assert table.code == 0, table.stderr
+    rows = [manifest_value(d, "preprocess.counts.train_rows") for d in run_dirs]
+    assert rows[0] > rows[1]  # a 40-word minimum keeps fewer answers than a 1-word one
+    assert f"| min_answer_words-1 | 1 | COMPLETED | {rows[0]:.4g} |" in table.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (parent,) = client.search_runs(experiments, "attributes.run_name = 'sweep smoke'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["kazhpc.variant"] for c in children) == ["min_answer_words-1", "min_answer_words-40"]

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,22 @@ class ShellStep(_Requeueable):  # type: ignore[misc,valid-type]
     so that a signal sent to every process of the step does not kill the shell between the two.
     """
 
-    def __init__(self, name: str, command: list[str], run_dir: str, job: str | None = None,
+    def __init__(self, name: str, command: list[str], run_dir: str | list[str], job: str | None = None,
                  preemption_signal: str | None = None):
         self.name = name
         self.command = command
-        self.run_dir = run_dir
+        #: One run directory, or one per array task (a sweep's variants, kazhpc.launch.sweep).
+        self.run_dirs = [run_dir] if isinstance(run_dir, str) else list(run_dir)
         self.job = job or name
         self.preemption_signal = preemption_signal
 
+    @property
+    def run_dir(self) -> str:
+        return self.run_dirs[0]
+
     def __call__(self, task: int | None = None) -> int:
-        env = dict(os.environ, **{RUN_DIR_VAR: self.run_dir})
+        run_dir = self.run_dirs[task] if task is not None and len(self.run_dirs) > 1 else self.run_dirs[0]
+        env = dict(os.environ, **{RUN_DIR_VAR: run_dir})
         signum = signal_number(self.preemption_signal or "USR2")
         script = f"set -euo pipefail\ntrap '' {signum.name.removeprefix('SIG')}\n" + "\n".join(self.command)
         started = time.time()
@@ -91,7 +98,7 @@ class ShellStep(_Requeueable):  # type: ignore[misc,valid-type]
             signal.signal(signum, previous)
         if code == 0:
             return 0
-        preempted = (code == PREEMPTED_EXIT_CODE or self._recorded_preempted(since=started)
+        preempted = (code == PREEMPTED_EXIT_CODE or self._recorded_preempted(run_dir, since=started)
                      or bool(received and not self.preemption_signal))
         where = f"step {self.name}" + (f" task {task}" if task is not None else "")
         if preempted and callable(requeue_handler):
@@ -99,13 +106,13 @@ class ShellStep(_Requeueable):  # type: ignore[misc,valid-type]
             requeue_handler(signal.SIGUSR2, None)  # requeues and exits this process
         raise StepFailed(f"{where} exited with {code}" + (" (preempted, not requeued: not under submitit)" if preempted else ""))
 
-    def _recorded_preempted(self, since: float) -> bool:
+    def _recorded_preempted(self, run_dir: str, since: float) -> bool:
         """Several ranks exit 75 each, but torchrun reports 1: run.json says what this attempt did
         (not an earlier one: a job that now crashes before it starts is not requeued for ever)."""
         from kazhpc.runner import read_state
 
         try:
-            state = read_state(Path(self.run_dir)).get("jobs", {}).get(self.job, {})
+            state = read_state(Path(run_dir)).get("jobs", {}).get(self.job, {})
         except (OSError, ValueError):
             return False
         return state.get("status") == "PREEMPTED" and float(state.get("finished") or 0) >= since
@@ -148,17 +155,75 @@ def check_image(cluster: ClusterConfig) -> None:
         )
 
 
-def submit(
+@dataclass
+class Submission:
+    """A run directory made ready for its SLURM steps: the steps, the MLflow parent run, the
+    rendered sbatch scripts; :meth:`record` writes what was queued, :meth:`abandon` undoes it."""
+
+    cfg: PipelineConfig
+    cluster: ClusterConfig
+    cluster_path: Path
+    run_dir: Path
+    jobs: list[str]
+    steps: list[Step]
+    tracker: Any
+    parent_id: str | None
+    attempt: int
+    fresh: bool
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "slurm" / "logs"
+
+    def abandon(self, exc: KazhpcError) -> KazhpcError:
+        """sbatch refused a step (what was queued before it is cancelled by the caller): say why in
+        MLflow, and remove a new run directory (nothing ran in it); return the error to raise."""
+        from kazhpc.tracking import PARENT_KEY, JobRun
+
+        if self.parent_id is not None:
+            JobRun(self.tracker, PARENT_KEY, self.parent_id).set_tags({"kazhpc.error": str(exc)[:5000]})
+            if self.fresh:
+                self.tracker.finish_pipeline("FAILED")
+        if not self.fresh:
+            return exc
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return KazhpcError(f"{exc}; removed the new run directory {self.run_dir}")
+
+    def record(self, submitted: list[dict[str, Any]]) -> None:
+        """Append this attempt to submission.json (kazhpc status reads it) and tag the parent run."""
+        from kazhpc.tracking import PARENT_KEY, JobRun
+
+        path = submission_path(self.run_dir)
+        record = read_submission(self.run_dir) if path.is_file() else {
+            "run_dir": str(self.run_dir), "cluster": self.cluster.name,
+            "cluster_file": str(Path(self.cluster_path).absolute()), "attempts": [],
+        }
+        record["attempts"].append({"time": time.time(), "jobs": self.jobs, "steps": submitted})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+        if self.parent_id is not None:  # the parent run names every SLURM job of the submission
+            JobRun(self.tracker, PARENT_KEY, self.parent_id).set_tags(
+                {"slurm.cluster_profile": self.cluster.name, f"slurm.submission.{self.attempt}":
+                 ",".join(f"{s['name']}={s['slurm_id']}" for s in submitted)}
+            )
+
+
+def prepare_submission(
     cfg: PipelineConfig,
     cluster: ClusterConfig,
     cluster_path: Path,
     run_dir: Path | None = None,
-) -> tuple[Path, list[dict[str, Any]]]:
-    """Submit the pipeline (or, with ``run_dir``, resume it); return the run dir and the submitted steps."""
+    tags: dict[str, str] | None = None,
+    checked: bool = False,
+) -> Submission:
+    """Everything before sbatch: preflight (unless ``checked``), the steps with every resource check,
+    the image and sbatch at hand, then the run directory (new, or ``run_dir`` to resume), its MLflow
+    parent run (with ``tags``) and its sbatch scripts."""
     from kazhpc.runner import new_run_dir, preflight
-    from kazhpc.tracking import JobRun, PARENT_KEY, Tracker, run_tags
+    from kazhpc.tracking import Tracker, run_tags
 
-    for warning in preflight(cfg):
+    for warning in [] if checked else preflight(cfg):
         log.warning(warning)
     if run_dir is not None:
         from kazhpc.launch.status import step_states
@@ -184,46 +249,34 @@ def submit(
     if shutil.which("sbatch") is None:
         raise KazhpcError("sbatch not found: submit from a SLURM login node (or `kazhpc render` the scripts)")
     fresh = run_dir is None
-    run_dir = run_dir or new_run_dir(cfg)
-    run_dir = run_dir.absolute()
-
+    run_dir = (run_dir or new_run_dir(cfg)).absolute()
     tracker = Tracker(cfg.tracking, cfg.runs_root, run_dir)
-    tags = run_tags(cfg.config_hash())
-    parent_id = tracker.start_pipeline(cfg.name, flatten(cfg.resolved_dict()), tags, run_dir / "config.yaml")
-
+    parent_id = tracker.start_pipeline(cfg.name, flatten(cfg.resolved_dict()), {**run_tags(cfg.config_hash()), **(tags or {})},
+                                       run_dir / "config.yaml")
     slurm_dir = run_dir / "slurm"
     attempt = len(json.loads(submission_path(run_dir).read_text())["attempts"]) if submission_path(run_dir).is_file() else 0
     render(steps, slurm_dir / f"sbatch-{attempt}", run_dir / "config.yaml", [])  # the same steps as plain sbatch
+    return Submission(cfg, cluster, cluster_path, run_dir, jobs, steps, tracker, parent_id, attempt, fresh)
+
+
+def submit(
+    cfg: PipelineConfig,
+    cluster: ClusterConfig,
+    cluster_path: Path,
+    run_dir: Path | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Submit the pipeline (or, with ``run_dir``, resume it); return the run dir and the submitted steps."""
+    plan = prepare_submission(cfg, cluster, cluster_path, run_dir)
     try:
-        submitted = _submit_steps(steps, run_dir, slurm_dir / "logs")
+        submitted = submit_steps(plan.steps, plan.run_dir, plan.log_dir)
     except KazhpcError as exc:  # sbatch refused a step; what was queued before it is cancelled
-        if parent_id is not None:
-            JobRun(tracker, PARENT_KEY, parent_id).set_tags({"kazhpc.error": str(exc)[:5000]})
-            if fresh:
-                tracker.finish_pipeline("FAILED")
-        if not fresh:
-            raise
-        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran in it: no empty run left behind
-        raise KazhpcError(f"{exc}; removed the new run directory {run_dir}") from None
-
-    record = read_submission(run_dir) if submission_path(run_dir).is_file() else {
-        "run_dir": str(run_dir), "cluster": cluster.name, "cluster_file": str(Path(cluster_path).absolute()),
-        "attempts": [],
-    }
-    record["attempts"].append({"time": time.time(), "jobs": jobs, "steps": submitted})
-    tmp = submission_path(run_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, submission_path(run_dir))
-
-    if parent_id is not None:  # the parent run names every SLURM job of the submission
-        JobRun(tracker, PARENT_KEY, parent_id).set_tags(
-            {"slurm.cluster_profile": cluster.name, f"slurm.submission.{attempt}":
-             ",".join(f"{s['name']}={s['slurm_id']}" for s in submitted)}
-        )
-    return run_dir, submitted
+        raise plan.abandon(exc) from None
+    plan.record(submitted)
+    return plan.run_dir, submitted
 
 
-def _submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[str, Any]]:
+def submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[str, Any]]:
+    """Queue the steps in order, each after the ones it names (afterok); return what was queued."""
     import submitit
 
     ids: dict[str, str] = {}
