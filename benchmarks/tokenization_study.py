@@ -61,7 +61,8 @@ def sweep_file(out: Path, ks: list[int], passes: int, block: int) -> Path:
             "metrics": [f"train-cpt.heldout.after.heldout_{s}_bits_per_char" for s in ("kk", "kk_ood", "en")]
             + [f"train-cpt.heldout.before.heldout_{s}_bits_per_char" for s in ("kk", "kk_ood", "en")]
             + ["corpus.counts.tokens_per_char", "train-cpt.tokens_seen", "train-cpt.chars_seen",
-               "train-cpt.tokens_per_s", "train-cpt.chars_per_s", "train-cpt.train_seconds"],
+               "train-cpt.tokens_per_s", "train-cpt.chars_per_s", "train-cpt.train_seconds",
+               "train-cpt.flops.total", "train-cpt.flops.per_char"],
             "winner": {"lowest": "train-cpt.heldout.after.heldout_kk_bits_per_char",
                        "within": {"metric": "train-cpt.heldout.after.heldout_en_bits_per_char", "percent": 2, "of": "base"}},
         },

@@ -93,6 +93,24 @@ def test_a_task_whose_earlier_stage_is_not_done_is_refused(tmp_path: Path) -> No
         run_task({"filter": ([], 2), "buckets": ([], 4)}, "buckets", 4, out)
 
 
+def test_punctuation_is_not_a_word_for_gophers_rules() -> None:
+    """News text with its punctuation space-separated (as in tokenized corpora) passes Gopher's
+    "80% of words hold a letter" rule; a document of numbers does not."""
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    from kazhpc.config.corpus import KAZAKH_STOP_WORDS
+    from kazhpc.data.corpus.steps import KazakhWords
+
+    words = KazakhWords()
+    assert words.word_tokenize("« Абай » , 1845 жылы туған ақын-жазушы .") == ["Абай", "1845", "жылы", "туған", "ақын-жазушы"]
+    sentence = "« Жаңа кітап » , « Дала әуені » және « Көктем » атты шығармалар көрмеде , оқырмандар үшін ашық ."
+    gopher = GopherQualityFilter(min_doc_words=20, stop_words=list(KAZAKH_STOP_WORDS), language=words)
+    assert gopher.filter(Document(text=" ".join([sentence] * 3), id="news")) is True
+    numbers = " ".join(f"{i} , {i * 7} ; {i * 13} ." for i in range(30)) + " және"
+    assert gopher.filter(Document(text=numbers, id="table")) == (False, "gopher_below_alpha_threshold")
+
+
 # -- Hugging Face data sets as sources: local copies in their layouts, read as the hub's would be --
 
 

@@ -45,6 +45,11 @@ def test_cpt_trains_on_the_blocks_within_its_budget_and_lowers_held_out_kazakh(c
     assert cpt["steps"] == 4 and cpt["tokens_seen"] == 1024 == cpt["max_tokens"]  # 4 steps of 4 blocks of 64
     assert cpt["chars_seen"] == round(1024 * corpus["counts"]["chars_kept"] / corpus["counts"]["tokens"])
     assert cpt["new_token_rows_trained"] == 150  # the extension's rows (train.trainable_embeddings: new)
+    flops, vocab = cpt["flops"], corpus["blocks"]["vocab_size"]
+    # Gemma-3-270M: ~100M in the blocks, plus its tied embedding (640 wide) over the extended vocabulary.
+    assert 90e6 < flops["parameters"] - 640 * vocab < 115e6 and 0 < flops["trainable"] < flops["parameters"] / 50
+    assert flops["per_token"] == 4 * flops["parameters"] + 2 * flops["trainable"]
+    assert flops["total"] == flops["per_token"] * cpt["tokens_seen"]
     assert cpt["loss_check"]["adapter"] < cpt["loss_check"]["base"]
     before, after = cpt["heldout"]["before"], cpt["heldout"]["after"]
     assert cpt["heldout"]["texts"] == {"kk": corpus["counts"]["documents_heldout"], "en": 8, "kk_ood": 8}
@@ -92,5 +97,6 @@ def test_cpt_metrics_are_in_mlflow_by_step(cpt_sft_run: dict) -> None:
     run = runs[-1]
     curve = client.get_metric_history(run.info.run_id, "heldout_kk_bits_per_char")
     assert sorted(m.step for m in curve) == [0, 2, 4]
-    for key in ("tokens_seen", "chars_seen", "chars_per_s", "heldout_en_bits_per_char_after", "heldout_kk_bits_per_char_before"):
+    for key in ("tokens_seen", "chars_seen", "chars_per_s", "flops", "flops_per_char", "heldout_en_bits_per_char_after",
+                "heldout_kk_bits_per_char_before"):
         assert key in run.data.metrics, key

@@ -478,3 +478,62 @@ def test_two_ranks_preempted_under_slurm_save_requeue_and_resume(tmp_path: Path,
     assert [status for status, _ in train] == ["FINISHED", "KILLED"], train
     steps = sorted(m.step for _, run_id in train for m in client.get_metric_history(run_id, "loss"))
     assert steps == [1, 2, 3, 4]  # steps 1-2 before, 3-4 after the requeue; each logged once (rank 0)
+
+
+@pytest.mark.slow
+def test_full_cpt_under_zero3_on_two_ranks_then_lora_on_the_trained_model(tmp_path: Path, tiny_gemma3: Path) -> None:
+    """``train.method: full``: continued pretraining of every weight under ZeRO-3 on 2 gloo ranks,
+    through the rendered per-node launch. The saved model was gathered (no empty tensor) and lowers
+    the loss on its blocks; FLOPs count every weight as trained; the next train stage trains a LoRA
+    adapter on that model (its base), not on the configured one."""
+    from kazhpc.runner import run_pipeline
+
+    path = write_yaml(tmp_path / "cpt.yaml", f"""
+        name: dist-cpt-full
+        model: {{name: tiny-gemma3, source: {tiny_gemma3}, dtype: float32}}
+        runs_root: {tmp_path / 'runs'}
+        cache_dir: {tmp_path / 'cache'}
+        tracking: {{experiment: kazhpc-dist}}
+        stages:
+          - {{name: corpus, job: corpus}}
+          - name: cpt-full
+            job: train
+            with: {{method: full, distributed: {{nodes: 1, gpus_per_node: 2, deepspeed: zero3}}}}
+          - {{name: cpt-lora, job: train, with: {{max_steps: 3, per_device_batch_size: 2, learning_rate: 1.0e-2,
+                                                  trainable_embeddings: all}}}}
+        corpus:
+          sources: [{{name: fixture, path: {REPO / 'tests' / 'fixtures' / 'corpus'}}}]
+          blocks: {{length: 32}}
+          minhash: {{buckets: 2}}
+          heldout_fraction: 0.1
+        train:
+          objective: cpt
+          quantization: null
+          max_steps: 3
+          per_device_batch_size: 1
+          learning_rate: 1.0e-3
+          warmup_ratio: 0.0
+          save_steps: 100
+          loss_check_rows: 4
+          cpt: {{eval_steps: 0, heldout_texts: 4, heldout_max_length: 64}}
+        """)
+    cfg = load_config(path)
+    run_dir = run_pipeline(cfg, only=["corpus"])
+    script = train_launch_script(cfg.for_stage("cpt-full"), str(run_dir), python=sys.executable, stage="cpt-full")
+    _, per_node = _srun_line(script)
+    env = _env(SLURM_NODEID="0", KAZHPC_HEAD_NODE="127.0.0.1", KAZHPC_MAIN_PORT=str(20000 + (os.getpid() + 7) % 20000))
+    done = subprocess.run(["bash", "-c", per_node], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-6000:]
+    full = json.loads((run_dir / "cpt-full" / "manifest.json").read_text())
+    assert full["method"] == "full" and full["adapter"] is None and full["distributed"] == {"world_size": 2, "deepspeed": "zero3"}
+    assert full["loss_check"]["adapter"] < full["loss_check"]["base"]
+    assert full["flops"]["trainable"] == full["flops"]["parameters"]  # every weight: 6 N per token
+    assert full["flops"]["per_token"] == 6 * full["flops"]["parameters"]
+    saved = distributed.check_saved_model(Path(full["model"]))
+    assert saved == full["model_tensors"] and saved["parameters"] == full["flops"]["parameters"]
+    run_pipeline(cfg, run_dir=run_dir, only=["cpt-lora"])
+    lora = json.loads((run_dir / "cpt-lora" / "manifest.json").read_text())
+    assert lora["method"] == "lora" and lora["base_model"] == full["model"] and lora["continued_from"] is None
+    assert lora["loss_check"]["adapter"] < lora["loss_check"]["base"]
+    # The LoRA stage starts where full CPT ended: its "before" is the trained model's "after".
+    assert lora["heldout"]["before"]["heldout_kk_bits_per_char"] == pytest.approx(full["heldout"]["after"]["heldout_kk_bits_per_char"], rel=1e-4)

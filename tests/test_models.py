@@ -294,3 +294,32 @@ def test_every_gemma_special_token_as_text_is_found_and_neutralised(gemma_tokeni
     started = time.perf_counter()
     assert special.find(page) is None
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_cpu_without_native_bf16_is_named_once_with_the_setting_that_avoids_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ratio is measured on this machine; the warning's rule is checked with a CPU that is slow
+    at bf16 put in its place (the one thing a test cannot choose is the hardware it runs on)."""
+    import logging
+
+    import kazhpc.models as models
+
+    assert models.cpu_bf16_slowdown() > 0
+    models.warn_if_cpu_bf16_is_slow.cache_clear()
+    monkeypatch.setattr(models, "cpu_bf16_slowdown", lambda: 150.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kazhpc.models"):
+            models.warn_if_cpu_bf16_is_slow()
+            models.warn_if_cpu_bf16_is_slow()
+        assert [r.getMessage() for r in caplog.records] == [
+            "this CPU computes bfloat16 150x slower than float32 (no native bf16: avx512_bf16 or AMX); "
+            "model.dtype=float32 runs the model at full speed"]
+        models.warn_if_cpu_bf16_is_slow.cache_clear()
+        monkeypatch.setattr(models, "cpu_bf16_slowdown", lambda: 1.1)
+        with caplog.at_level(logging.WARNING, logger="kazhpc.models"):
+            caplog.clear()
+            models.warn_if_cpu_bf16_is_slow()
+        assert not caplog.records
+    finally:
+        models.warn_if_cpu_bf16_is_slow.cache_clear()

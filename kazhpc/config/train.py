@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kazhpc.config.paths import PATH_PREFIXES, Dtype, Strict, absolute_path
 from kazhpc.errors import KazhpcError
@@ -99,6 +99,10 @@ class TrainConfig(Strict):
     max_tokens: int | None = Field(
         None, gt=0, description="cpt: stop after this many training tokens (sets max_steps; a budget, not an epoch count)"
     )
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: LoRA adapters (and the trainable_embeddings rows) on a frozen base; full: every "
+        "weight (objective cpt, no quantization; a large model under train.distributed.deepspeed: zero3)"
+    )
     trainable_embeddings: Literal["new", "all", "none"] = Field(
         "new", description="embedding rows trained besides LoRA: an extended vocabulary's new rows, all rows "
         "(Gemma-3 ties lm_head to them), or none"
@@ -122,6 +126,16 @@ class TrainConfig(Strict):
     preemption_signal: str = Field(
         "USR2", description="SLURM's warning signal (sbatch --signal; submitit uses USR2): save, stop, requeue"
     )
+
+    @model_validator(mode="after")
+    def _full_fine_tuning(self) -> TrainConfig:
+        if self.method == "full" and self.objective != "cpt":
+            raise ValueError("train.method: full trains every weight in continued pretraining (objective: cpt); "
+                             "SFT trains LoRA on it (method: lora)")
+        if self.method == "full" and self.quantization is not None:
+            raise ValueError("train.method: full cannot train 4-bit weights; set train.quantization: null "
+                             "(and shard the model with train.distributed.deepspeed: zero3)")
+        return self
 
     @field_validator("max_steps")
     @classmethod

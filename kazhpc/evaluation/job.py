@@ -65,12 +65,25 @@ def models_under_test(cfg: PipelineConfig, train_dir: Path | None) -> list[Model
             continue
         if model.adapter is not None:
             path = Path(model.adapter)
+        elif train_dir is not None and (full := _fully_trained(train_dir)) is not None:
+            # The train stage trained every weight (train.method: full): its model, no adapter.
+            models.append(ModelUnderTest(model.label, model.kind, cfg.model.model_copy(update={"source": str(full), "revision": None})))
+            continue
         elif train_dir is not None:
             path = train_dir / "adapter"
         else:
             raise KazhpcError(f"evaluate.models[{model.label}]: no adapter path and no train stage before this evaluation")
         models.append(ModelUnderTest(model.label, model.kind, trained_base(cfg.model, path), path))
     return models
+
+
+def _fully_trained(train_dir: Path) -> Path | None:
+    """The model a train stage trained in full (its manifest's ``model``), or None."""
+    manifest = train_dir / "manifest.json"
+    if not manifest.is_file():
+        return None
+    model = read_json_file(manifest, f"the {train_dir.name} stage's manifest").get("model")
+    return Path(model) if model else None
 
 
 def trained_base(configured: ModelConfig, adapter: Path) -> ModelConfig:

@@ -2,7 +2,9 @@
 
 Loss on every token of each block (no chat template, no answer mask). LoRA or QLoRA as for SFT,
 with embedding rows trainable (``train.trainable_embeddings``: an extended vocabulary's new rows,
-all rows, or none; Gemma-3's ``lm_head`` is tied to them). The blocks are read memory-mapped
+all rows, or none; Gemma-3's ``lm_head`` is tied to them), or every weight (``train.method:
+full``, saved to ``model/``; for a large model under DeepSpeed ZeRO-3, which the Trainer gathers
+on save). Training FLOPs are counted as (4 N + 2 N_trainable) per token. The blocks are read memory-mapped
 (kazhpc.data.corpus.blocks), so memory does not grow with the corpus. ``train.max_tokens`` is the
 budget: it sets the number of optimizer steps, and a budget the corpus cannot fill in
 ``train.epochs`` passes is refused before the model loads. Preemption and resume are the SFT
@@ -11,8 +13,9 @@ path's (the Trainer's checkpoint holds the data position).
 Measured, in MLflow and the manifest: tokens and characters seen, tokens/s and characters/s, and
 bits per character on held-out Kazakh (the corpus stage's held-out documents), held-out English
 (``train.cpt.heldout_english``) and the sets of ``train.cpt.heldout_extra`` (by default 52 Kazakh
-passages of other genres, out of the corpus's domain). Before and after are scored on one freshly loaded object, the
-adapter switched off and on (so both are the same kind of model on any device); every
+passages of other genres, out of the corpus's domain). Before and after are scored on fresh loads:
+one object, the adapter switched off and on (so both are the same kind of model on any device), or
+for full fine-tuning the base and then the saved model; every
 ``train.cpt.eval_steps`` steps the training object is scored too, for the curve, except with
 4-bit weights on a CPU, where a no-grad forward corrupts the LoRA gradients that follow
 (kazhpc.train.guard). The run fails if the adapter does not lower the loss on training blocks.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +165,48 @@ def training_arguments(cfg: PipelineConfig, output_dir: Path, steps: int) -> Any
     return TrainingArguments(**{**trainer_arguments(cfg, output_dir), "max_steps": steps}, remove_unused_columns=False)
 
 
+def trainable_model(cfg: PipelineConfig, continued: Path | None, rows: list[int]) -> Any:
+    """The model to train: every weight (``train.method: full``), or LoRA on the frozen base (a new
+    adapter with ``rows`` of the embedding trainable, or an earlier stage's adapter to go on with)."""
+    from peft import get_peft_model
+
+    from kazhpc.train.guard import ensure_trainable
+    from kazhpc.train.qlora import load_for_training, lora_config
+    from kazhpc.train.stage_inputs import continue_adapter
+
+    if cfg.train.method == "full" and continued is not None:
+        raise KazhpcError(f"train.method: full trains a model, but this stage reads an earlier train stage's adapter "
+                          f"({continued}); train LoRA on it (method: lora), or read no train stage")
+    model = load_for_training(cfg)
+    ensure_trainable(model)
+    if cfg.train.method == "full":
+        return model
+    return continue_adapter(model, continued) if continued is not None else get_peft_model(model, lora_config(cfg, rows))
+
+
+def before_and_after(cfg: PipelineConfig, saved: Path, full: bool, tokenizer: Any, texts: dict[str, list[str]],
+                     blocks: Any) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """Held-out scores and the training-block loss of the starting model and of the trained one, on
+    fresh loads (on a GPU as trained; on a CPU in bf16): for LoRA one object, the adapter off and
+    on; for full fine-tuning the base, then the saved model."""
+    from kazhpc.train.qlora import load_for_scoring
+
+    max_length, rows = cfg.train.cpt.heldout_max_length, cfg.train.loss_check_rows
+    if full:
+        scores = []
+        for model_cfg in (cfg, cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(saved), "revision": None})})):
+            scored = load_for_scoring(model_cfg)
+            scores.append((score_heldout(scored, tokenizer, texts, max_length), block_loss(scored, blocks, rows)))
+            del scored
+        (before, base_loss), (after, trained_loss) = scores
+        return before, after, base_loss, trained_loss
+    scored = reload_with_adapter(cfg, saved)
+    after, trained_loss = score_heldout(scored, tokenizer, texts, max_length), block_loss(scored, blocks, rows)
+    with scored.disable_adapter():
+        before, base_loss = score_heldout(scored, tokenizer, texts, max_length), block_loss(scored, blocks, rows)
+    return before, after, base_loss, trained_loss
+
+
 def reload_with_adapter(cfg: PipelineConfig, adapter_dir: Path) -> Any:
     """A fresh base model with the saved adapter (not the training object: kazhpc.train.guard)."""
     from peft import PeftModel
@@ -183,6 +229,33 @@ def block_loss(model: Any, blocks: Any, count: int) -> float:
     return total / max(min(count, len(blocks)), 1)
 
 
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """All parameters (a tied embedding once: it is also the output projection, a matmul over the
+    whole vocabulary) and the trainable ones; under ZeRO-3 a parameter's full size is ``ds_numel``."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        n = int(getattr(parameter, "ds_numel", 0) or parameter.numel())
+        total += n
+        trainable += n if parameter.requires_grad else 0
+    return total, trainable
+
+
+def training_flops(parameters: int, trainable: int, tokens: int, chars_per_token: float) -> dict[str, Any]:
+    """Training compute by the usual dense-transformer count: 2N per token forward, 2N backward for
+    the activations' gradients, and 2N more only for weights that get a gradient (6N when all do;
+    about 4N under LoRA). Attention over the context is left out, as at these block lengths it is a
+    few percent. An extended vocabulary has more parameters (output rows) but fewer tokens per
+    character, hence ``per_char``: the figure that compares tokenizers on the same text."""
+    per_token = 4 * parameters + 2 * trainable
+    return {"parameters": parameters, "trainable": trainable, "per_token": per_token, "total": per_token * tokens,
+            "per_char": per_token * chars_per_token,
+            "rule": "(4 N + 2 N_trainable) per token; attention's context term left out"}
+
+
 def _corpus_blocks(ctx: JobContext, tokenizer: Any) -> tuple[Any, dict[str, Any], str]:
     from kazhpc.data.corpus.blocks import PackedBlocks
 
@@ -199,15 +272,13 @@ def _corpus_blocks(ctx: JobContext, tokenizer: Any) -> tuple[Any, dict[str, Any]
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
-    from peft import get_peft_model
     from transformers import Trainer, default_data_collator
 
     from kazhpc.models import load_tokenizer
     from kazhpc.train import distributed
-    from kazhpc.train.guard import ensure_trainable
-    from kazhpc.train.qlora import _device, load_for_training, lora_config, peak_memory_gb, tracking_callback
+    from kazhpc.train.qlora import _device, peak_memory_gb, tracking_callback
     from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
-    from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training
+    from kazhpc.train.stage_inputs import earlier_adapter, extended_model_for_training
 
     cfg, new_token_ids = extended_model_for_training(ctx)
     continued = earlier_adapter(ctx, cfg.model.source)
@@ -223,12 +294,12 @@ def run(ctx: JobContext) -> dict[str, Any]:
     in_training = not (cfg.train.quantization is not None and _device() == "cpu")
     checkpoints = ctx.job_dir / "checkpoints"
     args = training_arguments(cfg, checkpoints, steps)
-    model = load_for_training(cfg)
-    ensure_trainable(model)
-    rows = trainable_rows(cfg, new_token_ids, len(tokenizer))
-    model = continue_adapter(model, continued) if continued is not None else get_peft_model(model, lora_config(cfg, rows))
+    full = cfg.train.method == "full"
+    rows = list(range(len(tokenizer))) if full else trainable_rows(cfg, new_token_ids, len(tokenizer))
+    model = trainable_model(cfg, continued, rows)
     if cfg.train.gradient_checkpointing:
         model.enable_input_require_grads()
+    parameters, trainable = parameter_counts(model)
     resumed_from = last_checkpoint(checkpoints) if cfg.train.resume else None
     resumed_step = int(resumed_from.name.rpartition("-")[2]) if resumed_from else 0
     curve_file = ctx.job_dir / "heldout-curve.jsonl"
@@ -238,39 +309,34 @@ def run(ctx: JobContext) -> dict[str, Any]:
         callbacks.append(heldout_callback(texts, tokenizer, cfg, per_step, chars_per_token, ctx.tracking, history, curve_file))
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator, callbacks=callbacks)
     result, seconds = train_resumably(trainer, checkpoints, resumed_from, preemption)
-    adapter_dir = ctx.job_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
+    saved = ctx.job_dir / ("model" if full else "adapter")
+    trainer.save_model(str(saved))  # under ZeRO-3 the Trainer gathers the shards first
     if not trainer.is_world_process_zero():
         return {}
-    tokenizer.save_pretrained(str(adapter_dir))
-    adapter_tensors = distributed.check_adapter(adapter_dir)
+    tokenizer.save_pretrained(str(saved))
+    saved_tensors = distributed.check_saved_model(saved) if full else distributed.check_adapter(saved)
     losses = [h for h in trainer.state.log_history if "loss" in h]
     del trainer, model
     distributed.forget_deepspeed()
-    # Before and after on one fresh object (as the SFT loss check: on a GPU as trained, in 4 bit;
-    # on a CPU in bf16): the adapter switched off is the model CPT started from.
-    scored = reload_with_adapter(cfg, adapter_dir)
-    max_length = cfg.train.cpt.heldout_max_length
-    after = score_heldout(scored, tokenizer, texts, max_length)
-    adapter_loss = block_loss(scored, blocks, cfg.train.loss_check_rows)
-    with scored.disable_adapter():
-        before = score_heldout(scored, tokenizer, texts, max_length)
-        base_loss = block_loss(scored, blocks, cfg.train.loss_check_rows)
-    del scored
+    before, after, base_loss, adapter_loss = before_and_after(cfg, saved, full, tokenizer, texts, blocks)
     check_blocks = cfg.train.loss_check_rows
     if check_blocks and adapter_loss >= base_loss:
         raise KazhpcError(f"train: CPT does not lower the loss on {check_blocks} training blocks "
-                          f"(without the adapter {base_loss:.4f}, with it {adapter_loss:.4f}); it is in {adapter_dir}")
+                          f"(before {base_loss:.4f}, after {adapter_loss:.4f}); it is in {saved}")
     tokens_seen = int(result.global_step) * per_step
     ctx.tracking.log_metrics({**{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}})
     metrics = {"train_loss": float(result.training_loss), "train_seconds": seconds, "tokens_seen": tokens_seen,
                "chars_seen": round(tokens_seen * chars_per_token), "tokens_per_s": tokens_seen / max(seconds, 1e-9),
                "chars_per_s": tokens_seen * chars_per_token / max(seconds, 1e-9),
                "loss_check_base": base_loss, "loss_check_adapter": adapter_loss, "peak_memory_gb": peak_memory_gb()}
-    ctx.tracking.log_metrics(metrics)
+    flops = training_flops(parameters, trainable, tokens_seen, chars_per_token)
+    ctx.tracking.log_metrics({"flops": flops["total"], "flops_per_char": flops["per_char"], **metrics})
     manifest: dict[str, Any] = {
         "objective": "cpt",
-        "adapter": str(adapter_dir),
+        "method": cfg.train.method,
+        "flops": flops,
+        "adapter": None if full else str(saved),
+        **({"model": str(saved)} if full else {}),
         "base_model": cfg.model.source,
         "corpus": {"stage": corpus_stage, "blocks": len(blocks), "block_length": length, "sha256": corpus["blocks"]["sha256"]},
         "steps": int(result.global_step),
@@ -284,11 +350,12 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "continued_from": str(continued) if continued else None,
         "train_loss": float(result.training_loss),
         "new_token_rows_trained": len(rows),
-        "adapter_tensors": adapter_tensors,
+        ("model_tensors" if full else "adapter_tensors"): saved_tensors,
         "history": losses,
         "device": _device(),
+        "distributed": {"world_size": int(os.environ.get("WORLD_SIZE", "1")), "deepspeed": cfg.train.distributed.deepspeed},
         "peak_memory_gb": round(peak_memory_gb(), 3),
     }
-    manifest["files"] = {p.name: p.stat().st_size for p in sorted(adapter_dir.iterdir())}
-    ctx.tracking.log_artifact(adapter_dir, artifact_path="adapter")
+    manifest["files"] = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
+    ctx.tracking.log_artifact(saved, artifact_path=saved.name)
     return manifest

@@ -226,3 +226,29 @@ def check_adapter(adapter_dir: Path) -> dict[str, int]:
     if not trained:
         raise KazhpcError(f"{weights}: every lora_B is still zero: training did not change the adapter")
     return {"tensors": lora_a + lora_b, "parameters": total}
+
+
+def check_saved_model(model_dir: Path) -> dict[str, int]:
+    """A fully trained model's saved weights are real (ZeRO-3 writes shape-0 tensors when the shards
+    are not gathered on save): every tensor of every safetensors file has elements."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise KazhpcError(f"{model_dir}: no model weights (*.safetensors) were saved")
+    empty, tensors, total = [], 0, 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                n = f.get_slice(key).get_shape()
+                count = 1
+                for size in n:
+                    count *= size
+                tensors += 1
+                total += count
+                if count == 0:
+                    empty.append(key)
+    if empty:
+        raise KazhpcError(f"{model_dir}: {len(empty)} empty tensors (e.g. {empty[0]}): under ZeRO-3 the model was saved "
+                          "without gathering its shards (stage3_gather_16bit_weights_on_model_save)")
+    return {"tensors": tensors, "parameters": total}

@@ -4,7 +4,8 @@ and its data (the preprocess stage's Parquet).
 
 A train stage that reads an earlier train stage loads that adapter trainable and trains it further;
 its own ``train.lora`` is not used (the adapter keeps the shape it was made with), and the base it
-was trained on must be the base this stage loads.
+was trained on must be the base this stage loads. After a stage that trained every weight
+(``train.method: full``), its saved model is the base, and a new adapter is trained on it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def extended_model_for_training(ctx: JobContext) -> tuple[PipelineConfig, list[i
     unchanged, and no extra rows.
     """
     cfg = ctx.cfg
+    trained = fully_trained_model(ctx)
+    if trained is not None:  # an earlier train stage trained every weight: start from its model
+        model = cfg.model.model_copy(update={"source": str(trained), "revision": None})
+        return cfg.model_copy(update={"model": model}), []
     folder = ctx.upstream_dir(EXTEND_JOB)
     if folder is None:
         return cfg, []
@@ -45,10 +50,25 @@ def extended_model_for_training(ctx: JobContext) -> tuple[PipelineConfig, list[i
     return cfg.model_copy(update={"model": model}), list(range(first, first + count))
 
 
-def earlier_adapter(ctx: JobContext, base_source: str) -> Path | None:
-    """The adapter of the earlier train stage this one goes on training, or None (a new one)."""
+def fully_trained_model(ctx: JobContext) -> Path | None:
+    """The model an earlier train stage this one reads trained in full (``train.method: full``), or None."""
     folder = ctx.upstream_dir("train")
     if folder is None:
+        return None
+    manifest = ctx.manifest_of("train")
+    if not manifest.get("model"):
+        return None
+    model = Path(manifest["model"])
+    if not (model / "config.json").is_file():
+        raise KazhpcError(f"{model}: the {folder.name} stage's trained model is missing (no config.json)")
+    return model
+
+
+def earlier_adapter(ctx: JobContext, base_source: str) -> Path | None:
+    """The adapter of the earlier train stage this one goes on training, or None (a new one, also
+    after a stage that trained every weight: its model is then this stage's base)."""
+    folder = ctx.upstream_dir("train")
+    if folder is None or fully_trained_model(ctx) is not None:
         return None
     manifest = ctx.manifest_of("train")
     adapter = Path(manifest["adapter"])
