@@ -174,6 +174,25 @@ def test_adapter_models_need_a_train_job_or_a_path() -> None:
         load_config(REPO / "configs/pipelines/smoke.yaml", ["jobs=[evaluate]", "evaluate.models=[{label: base}, {label: tuned, kind: adapter}]"])
 
 
+def test_after_a_stage_that_trained_every_weight_the_adapter_model_is_that_model(tmp_path: Path) -> None:
+    """train.method: full leaves a model, not an adapter: the evaluation's trained model is it (no
+    adapter on top), and its base model is the configured one; after LoRA, the adapter and its base."""
+    from kazhpc.config import load_config
+    from kazhpc.evaluation.job import models_under_test
+
+    cfg = load_config(REPO / "configs/pipelines/smoke.yaml")
+    train_dir = tmp_path / "train"
+    (train_dir / "model").mkdir(parents=True)
+    (train_dir / "manifest.json").write_text(json.dumps({"method": "full", "adapter": None, "model": str(train_dir / "model")}))
+    base, trained = models_under_test(cfg, train_dir)
+    assert (base.base.source, base.adapter) == (cfg.model.source, None)
+    assert (trained.label, trained.base.source, trained.adapter) == ("adapter", str(train_dir / "model"), None)
+    (train_dir / "manifest.json").write_text(json.dumps({"method": "lora", "adapter": str(train_dir / "adapter"),
+                                                         "base_model": cfg.model.source}))
+    _, tuned = models_under_test(cfg, train_dir)
+    assert (tuned.base.source, tuned.adapter) == (cfg.model.source, train_dir / "adapter")
+
+
 # --------------------------------------------------------------------------------------------
 # Shard plan and merge bookkeeping.
 
