@@ -107,7 +107,7 @@ def test_punctuation_is_not_a_word_for_gophers_rules() -> None:
     sentence = "« Жаңа кітап » , « Дала әуені » және « Көктем » атты шығармалар көрмеде , оқырмандар үшін ашық ."
     gopher = GopherQualityFilter(min_doc_words=20, stop_words=list(KAZAKH_STOP_WORDS), language=words)
     assert gopher.filter(Document(text=" ".join([sentence] * 3), id="news")) is True
-    numbers = " ".join(f"{i} , {i * 7} ; {i * 13} ." for i in range(30)) + " және"
+    numbers = " ".join(f"{i * 1013} , {i * 7919} ; {i * 104729} ." for i in range(1, 31)) + " және"
     assert gopher.filter(Document(text=numbers, id="table")) == (False, "gopher_below_alpha_threshold")
 
 
