@@ -275,9 +275,18 @@ def submit(
     return plan.run_dir, submitted
 
 
+def step_executor(step: Step, extra: dict[str, Any], log_dir: Path) -> Any:
+    """A submitit executor for one step (one per step: no settings leak from one to the next)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm")
+    executor.update_parameters(slurm_setup=step.setup, slurm_additional_parameters=extra, slurm_use_srun=step.use_srun,
+                               **{f"slurm_{key}": value for key, value in step.params.items()})
+    return executor
+
+
 def submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[str, Any]]:
     """Queue the steps in order, each after the ones it names (afterok); return what was queued."""
-    import submitit
 
     ids: dict[str, str] = {}
     submitted: list[dict[str, Any]] = []
@@ -286,13 +295,7 @@ def submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[s
         extra: dict[str, Any] = dict(step.extra)
         if depends:
             extra.update({"dependency": "afterok:" + ":".join(depends), "kill_on_invalid_dep": "yes"})
-        executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm")  # one per step: no settings leak
-        executor.update_parameters(
-            slurm_setup=step.setup,
-            slurm_additional_parameters=extra,
-            slurm_use_srun=step.use_srun,
-            **{f"slurm_{key}": value for key, value in step.params.items()},
-        )
+        executor = step_executor(step, extra, log_dir)
         function = ShellStep(step.name, step.command, str(run_dir), step.stage, step.preemption_signal)
         try:
             if step.array:

@@ -26,7 +26,7 @@ from typing import Any
 from kazhpc.errors import KazhpcError
 from kazhpc.launch.cluster import ClusterConfig
 from kazhpc.launch.steps import Step
-from kazhpc.launch.submit import ShellStep, Submission, prepare_submission, submit_steps
+from kazhpc.launch.submit import ShellStep, Submission, prepare_submission, step_executor, submit_steps
 from kazhpc.sweep import SweepSpec, start_sweep
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ def submit_sweep(spec: SweepSpec, cluster: ClusterConfig, cluster_path: Path) ->
 def _submit_as_arrays(plans: list[Submission], log_dir: Path, queued: list[str]) -> list[list[dict[str, Any]]]:
     """The shared steps, each one array over the variants (an array step: one array per variant);
     return each variant's submitted steps, as its submission.json records them."""
-    import submitit
 
     run_dirs = [str(p.run_dir) for p in plans]
     per_variant: list[list[dict[str, Any]]] = [[] for _ in plans]
@@ -106,10 +105,8 @@ def _submit_as_arrays(plans: list[Submission], log_dir: Path, queued: list[str])
             depend = "aftercorr:" + ":".join(arrays[a] for a in after)
         else:
             depend = ("afterok:" + ":".join(i for a in after for i in ids[a])) if after else None
-        executor = submitit.AutoExecutor(folder=log_dir, cluster="slurm")
         extra = {**step.extra, **({"dependency": depend, "kill_on_invalid_dep": "yes"} if depend else {})}
-        executor.update_parameters(slurm_setup=step.setup, slurm_additional_parameters=extra, slurm_use_srun=step.use_srun,
-                                   **{f"slurm_{key}": value for key, value in step.params.items()})
+        executor = step_executor(step, extra, log_dir)
         function = ShellStep(step.name, step.command, run_dirs, step.stage, step.preemption_signal)
         try:
             jobs = executor.map_array(function, list(range(len(plans))))
