@@ -46,6 +46,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The CPU's bf16 speed heads the log: the suite runs the bundled model in bf16, and a CPU with
+    no native bf16 (measured up to 150x slower) explains a slow run before any test is read."""
+    from kazhpc.models import SLOW_BF16, cpu_bf16_slowdown
+
+    ratio = cpu_bf16_slowdown()
+    return [f"cpu: {os.cpu_count()} cores, bf16 matmul {ratio:.1f}x the time of float32"
+            + (f" (over {SLOW_BF16:.0f}x: no native bf16, model tests will be slow)" if ratio > SLOW_BF16 else "")]
+
+
 _MATERIALIZE = textwrap.dedent(
     """
     import json, logging, sys, time
