@@ -69,6 +69,8 @@ def test_a_stage_section_is_the_top_level_one_with_its_keys_over_it() -> None:
     [
         ("with: {max_steps: 4, learning_rate: 5.0e-4}", "with: {max_stepz: 4}", ("stages.train-2.with.max_stepz", "Extra inputs")),
         ("with: {max_steps: 4, learning_rate: 5.0e-4}", "with: {max_steps: 0}", ("stages.train-2.with.max_steps",)),
+        ("with: {max_steps: 4, learning_rate: 5.0e-4}", "with: {method: full}",  # a check across keys: no key of its own
+         ("stages.train-2.with: train.method: full trains every weight in continued pretraining",)),
         ("uses: [train-1, preprocess-translation]", "uses: [eval-2]", ("stages.train-2.uses: 'eval-2' comes after it",)),
         ("uses: [train-1, preprocess-translation]", "uses: [trian-1]", ("'trian-1' is not a stage", "did you mean 'train-1'")),
         ("uses: [train-1, preprocess-translation]", "uses: [eval-1]", ("'eval-1' is an evaluate stage", "reads extend-vocab, corpus, preprocess, train")),

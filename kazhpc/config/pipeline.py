@@ -88,8 +88,8 @@ class PipelineConfig(Strict):
                     merged = type(top).model_validate(data)
                 except ValidationError as exc:
                     error = exc.errors()[0]
-                    key = ".".join(str(p) for p in error["loc"])
-                    raise ValueError(f"stages.{stage.name}.with.{key}: {error['msg'].removeprefix('Value error, ')}") from None
+                    key = ".".join(["with", *(str(p) for p in error["loc"])])  # a check across keys has no loc
+                    raise ValueError(f"stages.{stage.name}.{key}: {error['msg'].removeprefix('Value error, ')}") from None
                 self._sections[stage.name] = merged
                 stage.settings = resolved_keys(stage.settings, merged.model_dump(mode="json"))
             else:
