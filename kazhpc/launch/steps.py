@@ -189,6 +189,21 @@ def setup_lines(cluster: ClusterConfig) -> list[str]:
     return lines + list(cluster.setup)
 
 
+def python_of(cluster: ClusterConfig) -> str:
+    """The Python a step runs: the profile's, the container's own, or this one (no container)."""
+    return cluster.python or ("python" if cluster.container.runtime != "none" else sys.executable)
+
+
+def container_step(cfg: PipelineConfig, cluster: ClusterConfig, name: str, words: list[str], res: JobResources, *,
+                   gpus: int = 0, **fields: Any) -> Step:
+    """A one-node step running ``words`` (``python ...``) in the profile's container. Job scripts
+    are named relative to where the command starts: this checkout without a container, the
+    container's workdir inside one (--pwd / -w, container_prefix)."""
+    command = [f"cd {shlex.quote(host_workdir(cluster))}", _shell([*container_prefix(cfg, cluster, gpus), *words])]
+    return Step(name=name, params=_sbatch_params(cluster, name, res, gpus=gpus), setup=setup_lines(cluster), command=command,
+                **fields)
+
+
 def _sbatch_params(cluster: ClusterConfig, name: str, res: JobResources, nodes: int = 1, gpus: int = 0) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": f"kazhpc-{name}",
@@ -222,9 +237,7 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
                 f"{cluster.where('container', 'binds')}: container.binds: {key}={path} is not visible inside "
                 f"the container; add a bind that contains it{more}"
             )
-    python = cluster.python or ("python" if cluster.container.runtime != "none" else sys.executable)
-    # Job scripts are named relative to the directory the command starts in: this checkout
-    # without a container, the container's workdir inside one (--pwd / -w, container_prefix).
+    python = python_of(cluster)
     host_dir = host_workdir(cluster)
     steps: list[Step] = []
     previous: tuple[str, ...] = ()
@@ -239,35 +252,23 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
         run = [python, spec.script, "--run-dir", f'"${RUN_DIR_VAR}"', *(["--stage", stage] if stage != job else [])]
         n = shards_of(view, job)
         if n > 1 and spec.splits:
-            prefix = container_prefix(cfg, cluster, gpus)
-            part = Step(
-                name=f"{stage}-parts", job=job, stage=stage, params=_sbatch_params(cluster, f"{stage}-parts", res, gpus=gpus),
-                setup=setup_lines(cluster), array=n, after=previous, warnings=warnings,
-                command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'])],
-            )
-            merge_res = res.model_copy(update={"gpus": 0})
-            merge = Step(
-                name=stage, job=job, stage=stage, params=_sbatch_params(cluster, stage, merge_res), setup=setup_lines(cluster),
-                after=(part.name,),
-                command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, 0), *run])],
-            )
+            part = container_step(cfg, cluster, f"{stage}-parts", [*run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'], res,
+                                  job=job, stage=stage, gpus=gpus, array=n, after=previous, warnings=warnings)
+            merge = container_step(cfg, cluster, stage, run, res.model_copy(update={"gpus": 0}), job=job, stage=stage, after=(part.name,))
             steps += [part, merge]
         elif spec.phased and tasks_of(view, job) > 1:
-            steps += _phase_steps(view, stage, cluster, res, run, host_dir, previous, warnings)
+            steps += _phase_steps(view, stage, cluster, res, run, previous, warnings)
         elif spec.distributed and view.train.distributed.world_size > 1:
             steps.append(_distributed_train(view, stage, cluster, res, python, host_dir, previous, warnings))
         else:
-            steps.append(Step(
-                name=stage, job=job, stage=stage, params=_sbatch_params(cluster, stage, res, gpus=gpus), setup=setup_lines(cluster),
-                after=previous, warnings=warnings, command=[f"cd {shlex.quote(host_dir)}", _shell([*container_prefix(cfg, cluster, gpus), *run])],
-                **(_preemption(view) if spec.preemptible else {}),
-            ))
+            steps.append(container_step(cfg, cluster, stage, run, res, job=job, stage=stage, gpus=gpus, after=previous,
+                                        warnings=warnings, **(_preemption(view) if spec.preemptible else {})))
         previous = (steps[-1].name,)
     return steps
 
 
 def _phase_steps(
-    cfg: PipelineConfig, stage: str, cluster: ClusterConfig, res: JobResources, run: list[str], host_dir: str,
+    cfg: PipelineConfig, stage: str, cluster: ClusterConfig, res: JobResources, run: list[str],
     after: tuple[str, ...], warnings: list[str],
 ) -> list[Step]:
     """One step per phase (an array when it has more than one task), each after the one before,
@@ -276,23 +277,17 @@ def _phase_steps(
     pairs) and the stage's own step get the profile's entry as it is."""
     whole = res.model_copy(update={"gpus": 0})
     one = res.model_copy(update={"cpus": 1, "gpus": 0, "mem_gb": res.mem_gb / res.cpus})
-    prefix = container_prefix(cfg, cluster, 0)
+    job = cfg.stage(stage).job
     steps: list[Step] = []
-    for phase, tasks in job_type(cfg.stage(stage).job).adapter().phase_tasks(cfg).items():
-        name = f"{stage}-{phase}"
+    for phase, tasks in job_type(job).adapter().phase_tasks(cfg).items():
         task = '"$SLURM_ARRAY_TASK_ID/' + str(tasks) + '"' if tasks > 1 else "0/1"
-        steps.append(Step(
-            name=name, job=cfg.stage(stage).job, stage=stage, params=_sbatch_params(cluster, name, one if tasks > 1 else whole),
-            setup=setup_lines(cluster),
-            array=tasks if tasks > 1 else None, after=after if not steps else (steps[-1].name,), warnings=warnings, phase=phase,
-            command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run, "--phase", phase, "--shard", task])],
+        steps.append(container_step(
+            cfg, cluster, f"{stage}-{phase}", [*run, "--phase", phase, "--shard", task], one if tasks > 1 else whole,
+            job=job, stage=stage, phase=phase, array=tasks if tasks > 1 else None, warnings=warnings,
+            after=after if not steps else (steps[-1].name,),
             notes=[f"phase {phase} of stage {stage}: {tasks} task{'s' * (tasks != 1)}, one process each"],
         ))
-    steps.append(Step(
-        name=stage, job=cfg.stage(stage).job, stage=stage, params=_sbatch_params(cluster, stage, whole),
-        setup=setup_lines(cluster), after=(steps[-1].name,), warnings=warnings,
-        command=[f"cd {shlex.quote(host_dir)}", _shell([*prefix, *run])],
-    ))
+    steps.append(container_step(cfg, cluster, stage, run, whole, job=job, stage=stage, after=(steps[-1].name,), warnings=warnings))
     return steps
 
 

@@ -275,6 +275,12 @@ def submit(
     return plan.run_dir, submitted
 
 
+def with_dependency(extra: dict[str, Any], dependency: str | None) -> dict[str, Any]:
+    """sbatch's extra settings with a dependency: a job whose dependency can never be met is
+    cancelled (kill_on_invalid_dep), never left pending."""
+    return {**extra, **({"dependency": dependency, "kill_on_invalid_dep": "yes"} if dependency else {})}
+
+
 def step_executor(step: Step, extra: dict[str, Any], log_dir: Path) -> Any:
     """A submitit executor for one step (one per step: no settings leak from one to the next)."""
     import submitit
@@ -292,9 +298,7 @@ def submit_steps(steps: list[Step], run_dir: Path, log_dir: Path) -> list[dict[s
     submitted: list[dict[str, Any]] = []
     for step in steps:
         depends = [ids[a] for a in step.after if a in ids]
-        extra: dict[str, Any] = dict(step.extra)
-        if depends:
-            extra.update({"dependency": "afterok:" + ":".join(depends), "kill_on_invalid_dep": "yes"})
+        extra = with_dependency(step.extra, "afterok:" + ":".join(depends) if depends else None)
         executor = step_executor(step, extra, log_dir)
         function = ShellStep(step.name, step.command, str(run_dir), step.stage, step.preemption_signal)
         try:
