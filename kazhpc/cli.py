@@ -144,8 +144,8 @@ def sweep(
                                            "(one array per step when they share their steps) instead of running them here"),
 ) -> None:
     """Run variants of one config as sibling MLflow runs under one parent: here, one after another,
-    then write the comparison table and plot (kazhpc compare); or, with --cluster, submitted to SLURM
-    (kazhpc compare SWEEP_DIR once they are done)."""
+    then write the comparison table and plot (kazhpc compare); or, with --cluster, submitted to SLURM,
+    with a last job that runs kazhpc compare once every variant has ended."""
     from kazhpc.sweep import SweepSpec, compare, grid, load_variants, read_sweep_file, run_sweep, split_values
 
     setup_logging()
@@ -180,7 +180,9 @@ def sweep(
             out.print(f"sweep folder: {folder} ({how})", highlight=False, soft_wrap=True)
             for variant in record["variants"]:
                 out.print(f"  {variant['name']}: kazhpc status {variant['run_dir']}", highlight=False, markup=False, soft_wrap=True)
-            out.print(f"when they are done: kazhpc compare {folder}", highlight=False, markup=False, soft_wrap=True)
+            last = record["submission"]["compare"].get("slurm_id")
+            out.print(f"once they end, SLURM job {last} writes {folder / 'compare.md'}" if last else
+                      f"when they are done: kazhpc compare {folder}", highlight=False, markup=False, soft_wrap=True)
             return
         folder = run_sweep(spec)
         out.print(f"sweep folder: {folder}", highlight=False)

@@ -311,11 +311,11 @@ def pick_winner(rows: list[dict[str, Any]], rule: dict[str, Any] | None) -> tupl
 
 
 def compare(folder: Path, metrics: list[str] | None = None) -> Path:
-    """Write ``compare.md``, ``compare.csv`` and ``compare.png`` for a sweep folder; return the table."""
+    """Write ``compare.md``, ``compare.csv`` and ``compare.png`` (with metrics) for a sweep folder;
+    return the table. With no metrics named, by the sweep or ``--metric``, the table has the
+    variants and their states (a submitted sweep's last job runs this whatever the sweep names)."""
     record = read_json_file(folder / "sweep.json", "the sweep record")
     metrics = metrics or record.get("metrics") or []
-    if not metrics:
-        raise KazhpcError(f"{folder}: no metrics to compare; pass --metric STAGE.path.in.manifest")
     rule = record.get("winner") or {}
     judged = [rule.get("lowest") or rule.get("highest"), (rule.get("within") or {}).get("metric")]
     metrics = [*metrics, *[m for m in judged if m and m not in metrics]]  # the rule's values are shown too
@@ -339,12 +339,15 @@ def compare(folder: Path, metrics: list[str] | None = None) -> Path:
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     if rule:
         lines += ["", f"Winner ({rule}): **{winner}**." if winner else f"No variant meets the rule ({rule})."]
+    if not metrics:
+        lines += ["", "No metrics named: pass --metric STAGE.path.in.manifest, or list compare.metrics in the sweep file."]
     (folder / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with (folder / "compare.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    _plot(folder / "compare.png", rows, metrics)
+    if metrics:
+        _plot(folder / "compare.png", rows, metrics)
     return folder / "compare.md"
 
 

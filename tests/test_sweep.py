@@ -4,6 +4,7 @@ one parent, and compared on manifest values with a winner rule."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,8 @@ def test_a_sweep_submitted_to_slurm_is_one_array_per_shared_step(local_slurm: st
     """`kazhpc sweep ... --cluster`: tokenizers is one array over the two variants; preprocess-parts
     is an array itself, so one per variant, each after its own variant's tokenizers task; the
     preprocess merge is one array again. Each variant's run directory is a run like any other
-    (kazhpc status), compare reads them, and the sweep's MLflow run ends once both are done."""
+    (kazhpc status); the sweep's last job (afterany on both) runs compare, which writes the table
+    and ends the sweep's MLflow run with no one coming back for it."""
     from mlflow.tracking import MlflowClient
 
     from kazhpc.runner import read_state
@@ -137,9 +139,17 @@ def test_a_sweep_submitted_to_slurm_is_one_array_per_shared_step(local_slurm: st
         for run_dir in run_dirs:
             waited = kazhpc("status", str(run_dir), "--wait", "--timeout", "600", timeout=660)
             assert waited.code == 0 and "all jobs completed" in waited.stdout, waited.stdout + waited.stderr[-2000:]
+        last = record["submission"]["compare"]
+        assert last["dependency"] == f"afterany:{json.loads((run_dirs[0] / 'submission.json').read_text())['attempts'][0]['steps'][-1]['sweep_array']}"
+        deadline = time.time() + 180
+        while not json.loads((folder / "sweep.json").read_text()).get("finished"):
+            assert time.time() < deadline, Path(last["log"]).read_text() if Path(last["log"]).is_file() else last
+            time.sleep(2)
     finally:
         for run_dir in run_dirs:
             kazhpc("cancel", str(run_dir))
+    by_job = (folder / "compare.md").read_text()  # written by the compare job: the states, no metrics named
+    assert "| min_answer_words-1 | 1 | COMPLETED |" in by_job and "No metrics named" in by_job
     steps = [{s["name"]: s for s in json.loads((d / "submission.json").read_text())["attempts"][0]["steps"]} for d in run_dirs]
     tokenizers = steps[0]["tokenizers"]["sweep_array"]
     for i, variant in enumerate(steps):

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from kazhpc.errors import KazhpcError
-from kazhpc.launch.cluster import ClusterConfig
-from kazhpc.launch.steps import Step
-from kazhpc.launch.submit import ShellStep, Submission, prepare_submission, step_executor, submit_steps
+from kazhpc.launch.cluster import ClusterConfig, JobResources
+from kazhpc.launch.steps import Step, container_step, python_of
+from kazhpc.launch.submit import ShellStep, Submission, prepare_submission, step_executor, submit_steps, with_dependency
 from kazhpc.sweep import SweepSpec, start_sweep
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def submit_sweep(spec: SweepSpec, cluster: ClusterConfig, cluster_path: Path) ->
     for plan, entry, submitted in zip(plans, sweep.record["variants"], per_variant):
         plan.record(submitted)
         entry["status"] = "SUBMITTED"
-    sweep.record["submission"] = {"cluster": cluster.name, "arrays": arrays}
+    sweep.record["submission"] = {"cluster": cluster.name, "arrays": arrays,
+                                  "compare": _submit_compare(plans[0], sweep.folder, per_variant)}
     sweep.write()
     log.info("sweep %s: %d variants submitted%s", spec.name, len(plans),
              " as one array per step" if arrays else " one after another")
@@ -105,8 +106,7 @@ def _submit_as_arrays(plans: list[Submission], log_dir: Path, queued: list[str])
             depend = "aftercorr:" + ":".join(arrays[a] for a in after)
         else:
             depend = ("afterok:" + ":".join(i for a in after for i in ids[a])) if after else None
-        extra = {**step.extra, **({"dependency": depend, "kill_on_invalid_dep": "yes"} if depend else {})}
-        executor = step_executor(step, extra, log_dir)
+        executor = step_executor(step, with_dependency(step.extra, depend), log_dir)
         function = ShellStep(step.name, step.command, run_dirs, step.stage, step.preemption_signal)
         try:
             jobs = executor.map_array(function, list(range(len(plans))))
@@ -127,9 +127,29 @@ def _submit_as_arrays(plans: list[Submission], log_dir: Path, queued: list[str])
     return per_variant
 
 
+#: What the sweep's last job asks for: it reads manifests and writes a table and a plot.
+COMPARE_RESOURCES = JobResources(time=30, cpus=1, mem_gb=4)
+
+
+def _submit_compare(plan: Submission, folder: Path, per_variant: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The sweep's last job: ``kazhpc compare`` once every variant has ended, failed ones too
+    (afterany), so that the table, the plot and the end of the sweep's MLflow run need no one to
+    come back for them. Not fatal if refused: ``kazhpc compare`` does the same by hand."""
+    last = sorted({variant[-1].get("sweep_array") or variant[-1]["slurm_id"] for variant in per_variant})
+    step = container_step(plan.cfg, plan.cluster, "compare", [python_of(plan.cluster), "-m", "kazhpc.cli", "compare", str(folder)],
+                          COMPARE_RESOURCES, job="compare", stage="compare",
+                          extra=with_dependency({}, "afterany:" + ":".join(last)))
+    try:
+        (record,) = submit_steps([step], folder, folder / "slurm" / "logs")
+    except KazhpcError as exc:
+        log.warning("sweep: the compare job was not queued (%s); run kazhpc compare %s once the variants end", exc, folder)
+        return {"error": str(exc)}
+    log.info("the comparison runs as SLURM job %s once every variant has ended", record["slurm_id"])
+    return {"slurm_id": record["slurm_id"], "dependency": record["dependency"], "log": record["logs"][0]}
+
+
 def _after(step: Step, dependency: str | None) -> Step:
     """The step with its dependency already spelled (submit_steps adds none: no ``after``)."""
     from dataclasses import replace
 
-    extra = {**step.extra, **({"dependency": dependency, "kill_on_invalid_dep": "yes"} if dependency else {})}
-    return replace(step, after=(), extra=extra)
+    return replace(step, after=(), extra=with_dependency(step.extra, dependency))
