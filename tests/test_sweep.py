@@ -63,6 +63,21 @@ def test_the_tokenization_study_loads_every_variant() -> None:
     assert spec.winner["within"] == {"metric": "train-cpt.heldout.after.heldout_en_bits_per_char", "percent": 2, "of": "base"}
 
 
+def test_the_cluster_sized_study_is_the_same_study_on_gemma3_4b() -> None:
+    """configs/sweeps/tokenization-4b.yaml: K from 4k to 32k and two init rules on the 4B, every
+    variant one pass over its blocks with the same CPT settings, so the same characters."""
+    spec = read_sweep_file(CONFIGS / "sweeps" / "tokenization-4b.yaml")
+    variants = load_variants(spec)
+    assert [v.name for v in variants] == ["base", "k4000-mean07", "k8000-mean07", "k16000-mean07", "k32000-mean07", "k16000-mean10"]
+    assert {v.cfg.model.source for v in variants} == {"google/gemma-3-4b-pt"}
+    assert [v.cfg.extend_vocab.new_tokens for v in variants[1:]] == [4000, 8000, 16000, 32000, 16000]
+    assert [v.cfg.extend_vocab.init_scale for v in variants[3:]] == [0.7, 0.7, 1.0]
+    assert "extend-vocab" not in variants[0].cfg.stage_names
+    cpts = [v.cfg.section_of("train-cpt") for v in variants]
+    assert {(c.objective, c.max_tokens, c.epochs, c.learning_rate) for c in cpts} == {("cpt", None, 1, 2.0e-4)}
+    assert {v.cfg.corpus.blocks.length for v in variants} == {2048}
+
+
 def test_winner_rule_and_manifest_paths(tmp_path: Path) -> None:
     rows = [{"variant": "base", "kk": 2.0, "en": 1.00}, {"variant": "a", "kk": 1.8, "en": 1.05},
             {"variant": "b", "kk": 1.9, "en": 1.01}]
