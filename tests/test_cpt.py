@@ -50,6 +50,7 @@ def test_cpt_trains_on_the_blocks_within_its_budget_and_lowers_held_out_kazakh(c
     assert 90e6 < flops["parameters"] - 640 * vocab < 115e6 and 0 < flops["trainable"] < flops["parameters"] / 50
     assert flops["per_token"] == 4 * flops["parameters"] + 2 * flops["trainable"]
     assert flops["total"] == flops["per_token"] * cpt["tokens_seen"]
+    assert flops["per_char"] == pytest.approx(flops["total"] / cpt["chars_seen"], rel=1e-3)  # per character of the text seen
     assert cpt["loss_check"]["adapter"] < cpt["loss_check"]["base"]
     before, after = cpt["heldout"]["before"], cpt["heldout"]["after"]
     assert cpt["heldout"]["texts"] == {"kk": corpus["counts"]["documents_heldout"], "en": 8, "kk_ood": 8}

@@ -252,7 +252,7 @@ def training_flops(parameters: int, trainable: int, tokens: int, chars_per_token
     character, hence ``per_char``: the figure that compares tokenizers on the same text."""
     per_token = 4 * parameters + 2 * trainable
     return {"parameters": parameters, "trainable": trainable, "per_token": per_token, "total": per_token * tokens,
-            "per_char": per_token * chars_per_token,
+            "per_char": per_token / chars_per_token,
             "rule": "(4 N + 2 N_trainable) per token; attention's context term left out"}
 
 
