@@ -62,7 +62,8 @@ def model_context(cfg: PipelineConfig) -> int | None:
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(source.ref, revision=cfg.model.revision).to_dict()
+            # The local hub cache only: a login node with no internet would wait out five retries.
+            config = AutoConfig.from_pretrained(source.ref, revision=cfg.model.revision, local_files_only=True).to_dict()
         except (OSError, ValueError):
             return None
     else:

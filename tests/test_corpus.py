@@ -79,6 +79,36 @@ def test_blocks_longer_than_the_model_context_are_refused(tmp_path: Path) -> Non
     assert "corpus.blocks.length: 256 tokens is above the model's context (128 tokens" in preflight_error(cfg)
 
 
+def test_a_hub_model_s_context_comes_from_the_local_hub_cache(tmp_path: Path) -> None:
+    """A hub id's config.json is read from the hub cache (HF_HUB_CACHE), never fetched: cached, its
+    context refuses longer blocks; not cached, the check is skipped with a warning."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    snapshot = tmp_path / "hub" / "models--kazhpc-test--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "max_position_embeddings": 128}))
+    (tmp_path / "hub" / "models--kazhpc-test--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--kazhpc-test--tiny" / "refs" / "main").write_text("0" * 40)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from kazhpc.config import load_config
+        from kazhpc.corpus_job import model_context, preflight
+        base = [f"runs_root={tmp_path / 'runs'}", "jobs=[corpus]", "corpus.sources=[{{name: kk, path: {CORPUS}}}]",
+                "corpus.minhash.buckets=4", "corpus.blocks.length=256"]
+        print(model_context(load_config("{SMOKE}", [*base, "model.source=kazhpc-test/tiny"])))
+        print(preflight(load_config("{SMOKE}", [*base, "model.source=kazhpc-test/absent"]))[-1])
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    context, warning = done.stdout.strip().splitlines()[-2:]
+    assert context == "128"
+    assert warning == "corpus.blocks.length not checked: kazhpc-test/absent is not materialized yet"
+
+
 def test_a_task_whose_earlier_stage_is_not_done_is_refused(tmp_path: Path) -> None:
     """An array task run by hand out of order (buckets before every filter task completed) would read
     half the signatures; it is refused, naming the stage and its completion markers."""
