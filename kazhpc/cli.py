@@ -274,20 +274,22 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the configured tracking store."""
     from kazhpc.config import load_config
-    from kazhpc.tracking import default_tracking_uri
+    from kazhpc.tracking import default_tracking_uri, runs_view
 
+    experiment = None
     with report_errors():
         if config is not None:
             cfg = load_config(config, overrides or [])
-            uri = cfg.tracking.uri or default_tracking_uri(cfg.runs_root)
+            uri, experiment = cfg.tracking.uri or default_tracking_uri(cfg.runs_root), cfg.tracking.experiment
         else:
             uri = default_tracking_uri(Path("runs").absolute())
     if uri.startswith(("http://", "https://")):
-        out.print(f"the tracking store is a server: open {uri}")
+        out.print(f"the tracking store is a server: open {runs_view(uri, uri, experiment) if experiment else uri}", highlight=False)
         return
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", "1"]
-    out.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    page = runs_view(f"http://{host}:{port}", uri, experiment) if experiment else f"http://{host}:{port}"
+    out.print(f"MLflow UI on {page} (store {uri}); Ctrl-C stops it", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     os.execv(sys.executable, command)  # the server replaces this process: signals reach it directly
 

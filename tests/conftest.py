@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,9 @@ def kazhpc_ui(runs_root: Path, config: str = "configs/pipelines/smoke.yaml") -> 
                 assert server.poll() is None, server.stdout.read() if server.stdout else "the MLflow UI exited"
                 assert time.time() < deadline, "the MLflow UI did not answer /health in 120 s"
                 time.sleep(1)
+        # Its first line links the experiment's runs table, not MLflow 3's GenAI landing page.
+        printed = server.stdout.readline() if server.stdout else ""
+        assert re.search(rf"MLflow UI on {re.escape(base)}/#/experiments/\d+/runs ", printed), printed
         yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -49,6 +49,8 @@ def test_smoke_pipeline_leaves_parent_and_child_runs(smoke_run: dict) -> None:
     assert child.data.metrics["kk_bits_per_char"] > 0
     assert parent.data.params["model.source"] == "bundled:gemma3-270m"
     assert parent.data.tags["kazhpc.config_hash"] == child.data.tags["kazhpc.config_hash"]
+    # What MLflow's runs table shows as the run's Source: the command that ran it.
+    assert parent.data.tags["mlflow.source.name"].startswith("kazhpc run configs/pipelines/smoke.yaml runs_root=")
     experiment = MlflowClient(f"sqlite:///{smoke_run['runs_root'] / 'mlflow.db'}").get_experiment_by_name("kazhpc-smoke")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens the runs table
     artifacts = {a.path for a in MlflowClient(f"sqlite:///{smoke_run['runs_root'] / 'mlflow.db'}").list_artifacts(child.info.run_id)}

@@ -35,6 +35,7 @@ from kazhpc.tracking import (
     default_tracking_uri,
     read_journal,
     run_tags,
+    runs_view,
     sync,
 )
 
@@ -243,6 +244,14 @@ def _check_synced_tree(client: MlflowClient, ids: dict[str, str], run_dir: Path,
 # 1. The default sqlite store.
 
 
+def test_the_ui_link_opens_the_experiment_s_runs_table(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).create_experiment(EXPERIMENT)
+    assert runs_view("http://h:5000/", uri, EXPERIMENT) == f"http://h:5000/#/experiments/{experiment_id}/runs"
+    assert runs_view("http://h:5000", uri, "not-yet") == "http://h:5000"  # no runs yet: the front page
+    assert runs_view("http://h:5000", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}", EXPERIMENT) == "http://h:5000"
+
+
 def test_sqlite_parent_and_child_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     runs_root, run_dir, config = _make_run_dir(tmp_path)
@@ -290,8 +299,11 @@ def test_sqlite_parent_and_child_runs(tmp_path: Path, monkeypatch: pytest.Monkey
         assert run_tags_["kazhpc.version"] == __version__
         assert run_tags_["kazhpc.host"] == socket.gethostname()
         assert run_tags_["slurm.job_id"] == "4242"
+        assert run_tags_["mlflow.source.type"] == "JOB"  # MLflow's Source column: the command and its commit
+        assert run_tags_["mlflow.source.name"].split()[0] == Path(sys.argv[0]).name
         if in_checkout:  # a commit of this checkout (not compared to HEAD: others may commit meanwhile)
             commit = run_tags_["kazhpc.git_commit"]
+            assert run_tags_["mlflow.source.git.commit"] == commit.removesuffix("-dirty")
             assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit), commit
             exists = ["git", "-C", str(REPO), "cat-file", "-e", commit.removesuffix("-dirty") + "^{commit}"]
             assert subprocess.run(exists, capture_output=True).returncode == 0, commit

@@ -29,6 +29,7 @@ from kazhpc.tracking.live import (
     journal_id_filter,
     param_batches,
     run_tags,
+    runs_view,
 )
 from kazhpc.tracking.replay import MAX_METRICS_PER_BATCH, Replay
 from kazhpc.tracking.syncing import SYNCED, SyncResult, normalize_uri, sync
@@ -56,6 +57,7 @@ __all__ = [
     "parse_journal",
     "read_journal",
     "run_tags",
+    "runs_view",
     "start_uid",
     "sync",
 ]

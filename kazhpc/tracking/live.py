@@ -74,10 +74,38 @@ def git_commit() -> str:
         return "unknown"
 
 
+def runs_view(base_url: str, tracking_uri: str, experiment: str) -> str:
+    """The experiment's training-runs table in MLflow's UI (a fresh browser otherwise lands on MLflow
+    3's GenAI overview); the UI's front page while the experiment does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except Exception as exc:  # a store not made yet or not reachable: the link is a convenience only
+        log.debug("no link to experiment %s: %s", experiment, failure_reason(exc))
+        return base_url
+    return f"{base_url.rstrip('/')}/#/experiments/{found.experiment_id}/runs" if found else base_url
+
+
+def source_command() -> str:
+    """The command that started this process, as MLflow's runs table shows it in its Source column:
+    ``kazhpc run configs/...`` here, ``jobs/train.py --run-dir ...`` in a SLURM step."""
+    import shlex
+    import sys
+
+    program = Path(sys.argv[0])
+    name = f"jobs/{program.name}" if program.parent.name == "jobs" else program.name
+    return shlex.join([name, *sys.argv[1:]])[:500]
+
+
 def run_tags(config_hash: str) -> dict[str, str]:
-    """Provenance tags set on every run."""
+    """Provenance tags set on every run; the ``mlflow.source.*`` ones are those MLflow's UI shows."""
+    commit = git_commit()
     tags = {
-        "kazhpc.git_commit": git_commit(),
+        "mlflow.source.type": "JOB",
+        "mlflow.source.name": source_command(),
+        **({"mlflow.source.git.commit": commit.removesuffix("-dirty")} if commit != "unknown" else {}),
+        "kazhpc.git_commit": commit,
         "kazhpc.config_hash": config_hash,
         "kazhpc.version": __version__,
         "kazhpc.host": socket.gethostname(),
