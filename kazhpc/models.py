@@ -196,16 +196,18 @@ SLOW_BF16 = 8.0
 
 
 def cpu_bf16_slowdown() -> float:
-    """How many times slower a bf16 matmul is than a float32 one on this CPU (best of 3 of a
-    128 x 256 x 256 product): about 1 or below with native bf16 (avx512_bf16, AMX), two orders of
-    magnitude where torch falls back to a slow path (150 x measured on an AVX2-only EPYC)."""
+    """How many times slower a bf16 matmul is than a float32 one on this CPU (best of 10 of a
+    128 x 256 x 256 product, after one warm-up, so that a busy machine's pauses drop out): about 1
+    or below with native bf16 (avx512_bf16, AMX), two orders of magnitude where torch falls back
+    to a slow path (150 x measured on an AVX2-only EPYC)."""
     import torch
 
     a, b = torch.randn(128, 256), torch.randn(256, 256)
 
     def best(x: Any, y: Any) -> float:
+        x @ y
         times = []
-        for _ in range(3):
+        for _ in range(10):
             started = time.perf_counter()
             x @ y
             times.append(time.perf_counter() - started)

@@ -53,7 +53,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from kazhpc.models import SLOW_BF16, cpu_bf16_slowdown
 
     ratio = cpu_bf16_slowdown()
-    return [f"cpu: {os.cpu_count()} cores, bf16 matmul {ratio:.1f}x the time of float32"
+    return [f"cpu: {os.cpu_count()} cores, bf16 matmul {ratio:.2g}x the time of float32"
             + (f" (over {SLOW_BF16:.0f}x: no native bf16, model tests will be slow)" if ratio > SLOW_BF16 else "")]
 
 
