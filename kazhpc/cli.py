@@ -284,7 +284,7 @@ def ui(
         else:
             uri = default_tracking_uri(Path("runs").absolute())
     if uri.startswith(("http://", "https://")):
-        out.print(f"the tracking store is a server: open {runs_view(uri, uri, experiment) if experiment else uri}", highlight=False)
+        out.print(f"the tracking store is a server: open {uri}")  # not asked: a server that is down would keep it retrying
         return
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", host, "--port", str(port), "--workers", "1"]

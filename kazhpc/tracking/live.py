@@ -15,8 +15,10 @@ import logging
 import math
 import os
 import re
+import shlex
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -76,7 +78,8 @@ def git_commit() -> str:
 
 def runs_view(base_url: str, tracking_uri: str, experiment: str) -> str:
     """The experiment's training-runs table in MLflow's UI (a fresh browser otherwise lands on MLflow
-    3's GenAI overview); the UI's front page while the experiment does not exist yet."""
+    3's GenAI overview); the UI's front page while the experiment does not exist yet. For a local
+    store (sqlite, a folder): MLflow's client retries a server that is down for minutes."""
     from mlflow.tracking import MlflowClient
 
     try:
@@ -90,9 +93,6 @@ def runs_view(base_url: str, tracking_uri: str, experiment: str) -> str:
 def source_command() -> str:
     """The command that started this process, as MLflow's runs table shows it in its Source column:
     ``kazhpc run configs/...`` here, ``jobs/train.py --run-dir ...`` in a SLURM step."""
-    import shlex
-    import sys
-
     program = Path(sys.argv[0])
     name = f"jobs/{program.name}" if program.parent.name == "jobs" else program.name
     return shlex.join([name, *sys.argv[1:]])[:500]
