@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The CPU's bf16 speed heads the log: the suite runs the bundled model in bf16, and a CPU with
     no native bf16 (measured up to 150x slower) explains a slow run before any test is read."""
