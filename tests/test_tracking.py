@@ -362,13 +362,19 @@ def test_sqlite_parent_and_child_runs(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_run_tags_without_slurm_and_pinned_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAZHPC_GIT_COMMIT", "feedbeef")
+    monkeypatch.setattr(sys, "argv", ["/opt/kazhpc/jobs/train.py", "--run-dir", "runs/a b"])
     tags = run_tags("abc")
     assert tags == {
+        "mlflow.source.type": "JOB",
+        "mlflow.source.name": "jobs/train.py --run-dir 'runs/a b'",
+        "mlflow.source.git.commit": "feedbeef",
         "kazhpc.git_commit": "feedbeef",
         "kazhpc.config_hash": "abc",
         "kazhpc.version": __version__,
         "kazhpc.host": socket.gethostname(),
     }
+    monkeypatch.setattr(sys, "argv", ["/opt/kazhpc/kazhpc/cli.py", "compare", "runs/sweep"])
+    assert run_tags("abc")["mlflow.source.name"] == "kazhpc compare runs/sweep"
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     tags = run_tags("abc")

@@ -94,7 +94,12 @@ def source_command() -> str:
     """The command that started this process, as MLflow's runs table shows it in its Source column:
     ``kazhpc run configs/...`` here, ``jobs/train.py --run-dir ...`` in a SLURM step."""
     program = Path(sys.argv[0])
-    name = f"jobs/{program.name}" if program.parent.name == "jobs" else program.name
+    if program.parent.name == "jobs":
+        name = f"jobs/{program.name}"
+    elif program.parts[-2:] == ("kazhpc", "cli.py"):  # python -m kazhpc.cli, as the sweep's compare job runs it
+        name = "kazhpc"
+    else:
+        name = program.name
     return shlex.join([name, *sys.argv[1:]])[:500]
 
 
