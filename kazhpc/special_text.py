@@ -25,6 +25,8 @@ NEUTRALISER = "\u2060"
 #: Added tokens that some tokenizers leave unmarked although they are control tokens all the same
 #: (Gemma-3's multimodal markers: in text they announce an image). Used where the tokenizer has them.
 CONTROL_TEXTS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>", "[multimodal]")
+#: Tokens that end a model turn besides the tokenizer's eos (Gemma's chat turns end with this one).
+END_OF_TURN_TOKENS = ("<end_of_turn>",)
 #: Neutralising passes at most: one suffices unless one special text sits inside another's tail.
 _NEUTRALISE_PASSES = 8
 

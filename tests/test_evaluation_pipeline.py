@@ -1,5 +1,5 @@
 """The evaluate job inside the smoke pipeline: the bundled model and the adapter the train job just
-wrote, on local copies of a leaderboard task, Belebele and a translation task, logged to MLflow."""
+wrote, on local copies of a leaderboard task, Belebele, a translation task and Kazakh IFEval, logged to MLflow."""
 
 from __future__ import annotations
 
@@ -22,11 +22,17 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     assert set(results["models"]) == {"base", "adapter"} and results["baseline"] == "base"
     for label, model in results["models"].items():
         tasks = model["tasks"]
-        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation"}
+        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval"}
         assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["belebele_kaz_Cyrl"]["chance"] == 0.25
         assert all(t["n"] == 4 for t in tasks.values())
         assert 0.0 <= tasks["kk_dastur_mc"]["score"] <= 1.0 and tasks["kk_dastur_mc"]["stderr"] is not None
         assert tasks["kk_en_translation"]["metric"] == "chrf" and "bleu_signature" in tasks["kk_en_translation"]["extra"]
+        ifeval = tasks["kk_ifeval"]  # asked through the chat template, scored by lm-eval's IFEval code
+        assert ifeval["metric"] == "prompt_level_strict_acc" and 0.0 <= ifeval["chance"] <= 1.0
+        assert {"inst_level_strict_acc,none", "prompt_level_loose_acc,none"} <= set(ifeval["extra"])
+        rows = [json.loads(x) for x in (job_dir / "samples" / label / "kk_ifeval.jsonl").read_text().splitlines()]
+        assert all(r["prompt"].startswith("<bos><start_of_turn>user\n") for r in rows)
+        assert ifeval["score"] == sum(r["prompt_level_strict_acc"] for r in rows) / len(rows)
         assert model["perplexity"]["bits_per_char"] > 0
         lines = (job_dir / "samples" / label / "kk_dastur_mc.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line)["doc_id"] for line in lines] == [0, 1, 2, 3]

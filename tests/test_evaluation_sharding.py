@@ -30,6 +30,7 @@ def config(tmp: Path, model_cache: Path, shards: int):
             - kk_dastur_mc
             - belebele_kaz_Cyrl
             - {{name: kk_en, kind: translation, path: {FIX / 'kk_en.jsonl'}, max_gen_toks: 4}}
+            - {{name: kk_ifeval, kind: ifeval, max_gen_toks: 8}}
           data_overrides:
             kk_dastur_mc: {FIX / 'dastur_mc.jsonl'}
             belebele_kaz_Cyrl: {FIX / 'belebele_kaz.jsonl'}
@@ -69,11 +70,12 @@ def test_two_and_three_shards_equal_the_unsharded_run_to_the_last_digit(merged: 
             other = merged[count]["job_dir"] / "samples" / path.relative_to(merged[1]["job_dir"] / "samples")
             assert other.read_text() == path.read_text(), other
     plan = json.loads((merged[3]["job_dir"] / "parts" / "00000-of-00003" / "plan.json").read_text())
-    split = [t for t in ("kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en")
+    split = [t for t in ("kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en", "kk_ifeval")
              if sum(1 for units in plan["shards"] for u in units if u["task"] == t) > 1]
     assert split, "3 shards should cut at least one task into document ranges"
     tasks = merged[1]["results"]["models"]["base"]["tasks"]
-    assert {t: e["n"] for t, e in tasks.items()} == {"kk_dastur_mc": LIMIT, "belebele_kaz_Cyrl": LIMIT, "kk_en": LIMIT}
+    assert {t: e["n"] for t, e in tasks.items()} == {"kk_dastur_mc": LIMIT, "belebele_kaz_Cyrl": LIMIT, "kk_en": LIMIT,
+                                                     "kk_ifeval": LIMIT}
     assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["kk_en"]["chance"] is None
     assert tasks["kk_en"]["metric"] == "chrf" and "nrefs:1" in tasks["kk_en"]["extra"]["chrf_signature"]
 
@@ -88,11 +90,22 @@ def test_merged_scores_are_lm_evals_own_unsharded_scores(merged: dict, model_cac
 
     cfg = merged[1]["cfg"]
     suite = resolve(cfg.evaluate)
-    tasks = load_tasks([s for s in suite.tasks if s.name != "kk_en"])
+    tasks = load_tasks([s for s in suite.tasks if s.name not in ("kk_en", "kk_ifeval")])
     model, tokenizer = load_for_eval(models_under_test(cfg, None)[0], cfg.cache_root)
     lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size)
     reference = evaluate(lm, {"tasks": tasks, "groups": {}}, limit=LIMIT, bootstrap_iters=cfg.evaluate.bootstrap_iters)
     assert lm.bos_checked > 0
+    # IFEval through lm-eval's own chat-template path and its own aggregation of the four metrics.
+    (ifeval,) = [s for s in suite.tasks if s.name == "kk_ifeval"]
+    lm.chat = True
+    chat = evaluate(lm, {"tasks": load_tasks([ifeval]), "groups": {}}, limit=LIMIT,
+                    bootstrap_iters=cfg.evaluate.bootstrap_iters, apply_chat_template=True)["results"]["kk_ifeval"]
+    for count in (1, 2, 3):
+        ours = merged[count]["results"]["models"]["base"]["tasks"]["kk_ifeval"]
+        assert ours["score"] == chat["prompt_level_strict_acc,none"]
+        assert ours["stderr"] == chat["prompt_level_strict_acc_stderr,none"]
+        for metric in ("inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"):
+            assert ours["extra"][f"{metric},none"] == chat[f"{metric},none"]
     for count in (1, 2, 3):
         ours = merged[count]["results"]["models"]["base"]["tasks"]
         for name in tasks:

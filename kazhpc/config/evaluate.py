@@ -15,9 +15,13 @@ class EvalTaskConfig(Strict):
     """A task built from a user's file by config alone (kazhpc.evaluation.suite)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="the task's name in results and reports")
-    kind: Literal["mc", "translation"]
-    path: str = Field(description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or "
-                      "letter)}; translation rows with one field per language (names changed by columns)")
+    kind: Literal["mc", "translation", "ifeval"]
+    path: str | None = Field(
+        None,
+        description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or letter)}; "
+        "translation rows with one field per language (names changed by columns); ifeval rows {key, prompt, "
+        "instruction_id_list, kwargs} (default for ifeval: kazhpc's Kazakh prompts, kazhpc/resources/kk-ifeval.jsonl)",
+    )
     source_lang: str = Field("kk", description="translation: field (language code) of the source text")
     target_lang: str = Field("en", description="translation: field (language code) of the reference")
     columns: dict[str, str | list[str]] = Field(
@@ -31,15 +35,23 @@ class EvalTaskConfig(Strict):
         "auto: an integer is an index, anything else a letter",
     )
     instruction: str | None = Field(None, description="replaces the built-in Kazakh instruction")
-    max_gen_toks: int = Field(64, gt=0, description="translation: tokens generated at most")
+    max_gen_toks: int | None = Field(
+        None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512)"
+    )
 
     @field_validator("path")
     @classmethod
-    def _absolute(cls, path: str) -> str:
-        return absolute_path(path)
+    def _absolute(cls, path: str | None) -> str | None:
+        return None if path is None else absolute_path(path)
 
     @model_validator(mode="after")
     def _mapping(self) -> EvalTaskConfig:
+        if self.path is None and self.kind != "ifeval":
+            raise ValueError(f"path: required for kind: {self.kind}")
+        if self.kind == "ifeval" and (self.columns or self.instruction or self.answer_format != "auto"):
+            raise ValueError("kind: ifeval reads the IFEval schema as it is (no columns, instruction or answer_format)")
+        if self.kind == "ifeval":
+            return self
         known = ("question", "choices", "answer") if self.kind == "mc" else (self.source_lang, self.target_lang)
         for key, column in self.columns.items():
             if key not in known:
@@ -151,7 +163,7 @@ class EvaluateConfig(Strict):
         """Every local file this job reads → the config key that names it (the first, if several do)."""
         keys: dict[str, str] = {}
         for t in self.tasks:
-            if isinstance(t, EvalTaskConfig):
+            if isinstance(t, EvalTaskConfig) and t.path is not None:
                 keys.setdefault(t.path, f"evaluate.tasks[{t.name}].path")
         for task, path in self.data_overrides.items():
             keys.setdefault(path, f"evaluate.data_overrides.{task}")

@@ -16,7 +16,7 @@ from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.suite import TaskSpec, chance_of
 
 #: Per-document fields that are not metric values.
-RESERVED = ("doc_id", "filter", "prediction", "target", "num_choices", "scores", "hypothesis", "reference")
+RESERVED = ("doc_id", "filter", "prompt", "prediction", "target", "num_choices", "scores", "hypothesis", "reference")
 
 
 def _stderr(value: Any) -> float | None:
@@ -58,12 +58,19 @@ def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_
     published = (spec.config.get("metadata") or {}).get("random_baseline")
     if published is not None:
         extra["random_baseline_published"] = published
+    if (spec.config.get("metadata") or {}).get("builder") == "ifeval":
+        from kazhpc.evaluation.ifeval import echo_floor
+
+        chance = echo_floor(task, first)
+        extra.update(proportion=True, chance_is="the prompt echoed back as the answer")
+    else:
+        chance = chance_of(task, [r["num_choices"] for r in first if "num_choices" in r])
     return {
         "metric": primary,
         "score": float(values[f"{primary},{filt}"]),
         "stderr": _stderr(values.get(f"{primary}_stderr,{filt}")),
         "n": agg["n"],
-        "chance": chance_of(task, [r["num_choices"] for r in first if "num_choices" in r]),
+        "chance": chance,
         "higher_is_better": bool(higher.get(primary, True)),
         "extra": extra,
     }

@@ -164,7 +164,7 @@ def translation_config(task: EvalTaskConfig) -> dict[str, Any]:
         "doc_to_text": functools.partial(_translation_text, source=src_column, instruction=instruction, labels=labels),
         "doc_to_target": functools.partial(_translation_target, target=tgt_column),
         "target_delimiter": " ",
-        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": task.max_gen_toks},
+        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": task.max_gen_toks or 64},
         "metric_list": [
             {"metric": "bleu", "aggregation": "bleu", "higher_is_better": True},
             {"metric": "chrf++", "aggregation": "chrf++", "higher_is_better": True},
@@ -196,6 +196,11 @@ def override_data(config: dict[str, Any], path: str) -> dict[str, Any]:
 
 def render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
     """The checks lm-eval's rendering would make of one row of a builder task, with kazhpc's messages."""
+    if task.kind == "ifeval":
+        from kazhpc.evaluation.ifeval import check_row
+
+        check_row(row)
+        return
     if task.kind == "translation":
         _field(row, str(task.column(task.source_lang)))
         _field(row, str(task.column(task.target_lang)))

@@ -21,15 +21,13 @@ from typing import TYPE_CHECKING, Callable, Literal
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.batches import padded_batch
 from kazhpc.models import check_single_bos
-from kazhpc.special_text import special_texts, template_special_ids
+from kazhpc.special_text import END_OF_TURN_TOKENS, special_texts, template_special_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Generator = Callable[[list[str]], list[str]]
 DEFAULT_TITLE = "Side-by-side generations on Kazakh prompts"
-#: Tokens that end a model turn besides the tokenizer's eos (Gemma's chat turns end with this one).
-END_OF_TURN_TOKENS = ("<end_of_turn>",)
 #: The reason a prompt is skipped: it spells a special token (as in the evaluate job's rejects.jsonl).
 SPECIAL_TEXT = "special_token_text"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
 from kazhpc.models import check_single_bos, load_model, load_tokenizer
-from kazhpc.special_text import special_texts
+from kazhpc.special_text import END_OF_TURN_TOKENS, special_texts, template_special_ids
 
 if TYPE_CHECKING:
     from kazhpc.config import ModelConfig
@@ -102,10 +102,23 @@ def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str 
 
     class CheckedHFLM(HFLM):
         bos_checked = 0
+        chat = False  # set by the caller: this evaluate call renders prompts with the chat template
 
         def _check(self, ids: list[int], where: str) -> None:
             check_single_bos(ids, self.tokenizer, where=where)
-            special.check_ids(ids, {self.tokenizer.bos_token_id: 1}, where=where)
+            expected = (template_special_ids(self.tokenizer, ["user"], add_generation_prompt=True) if self.chat
+                        else {self.tokenizer.bos_token_id: 1})  # fmt: skip
+            special.check_ids(ids, expected, where=where)
+
+        def generate_until(self, requests, disable_tqdm=False):  # type: ignore[override]
+            if self.chat:  # a chat answer ends at the end-of-turn marker (Gemma's eos is <eos>)
+                stops = [t for t in END_OF_TURN_TOKENS if t in self.tokenizer.get_vocab()]
+                for request in requests:
+                    context, kwargs = request.args
+                    until = kwargs.get("until") or []
+                    until = [until] if isinstance(until, str) else list(until)
+                    request.arguments = (context, {**kwargs, "until": until + [t for t in stops if t not in until]})
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
         def tok_encode(self, string, *args, **kwargs):  # type: ignore[override]
             return super().tok_encode(special.neutralise(string)[0] if neutralise else string, *args, **kwargs)

@@ -66,8 +66,8 @@ def render_markdown(results: EvalResults, diffs: list[Difference], notes: list[s
         "",
         "Proportions (accuracy and the like) are in %, their differences in percentage points (pp); "
         "BLEU and chrF++ are sacrebleu points (0–100). ± is one standard error. *Chance* is the expected "
-        "score of guessing uniformly among each item's options; *≈ chance* marks a score within two "
-        "standard errors of it.",
+        "score of guessing uniformly among each item's options (for an instruction task, ifeval: the score "
+        "of echoing each prompt back as the answer); *≈ chance* marks a score within two standard errors of it.",
     ]
     for label, scores in results.models.items():
         kind = (scores.model_extra or {}).get("kind")

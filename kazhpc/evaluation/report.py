@@ -53,6 +53,10 @@ def flat_metrics(results: EvalResults, diffs: list[Difference]) -> dict[str, flo
             for m in CORPUS_METRICS:
                 if m != e.metric and isinstance(e.extra.get(m), (int, float)):
                     out[metric_name(label, task, m)] = float(e.extra[m])
+            for key, value in e.extra.items():  # lm-eval's other metrics ("acc_norm,none", IFEval's levels)
+                metric, _, filt = key.partition(",")
+                if filt and not metric.endswith("_stderr") and isinstance(value, (int, float)) and math.isfinite(value):
+                    out.setdefault(metric_name(label, task, metric if filt == "none" else f"{metric}_{filt}"), float(value))
         if scores.perplexity is not None:
             for key, value in scores.perplexity.model_dump().items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

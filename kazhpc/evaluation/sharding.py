@@ -194,6 +194,8 @@ def per_document(task: Any, example: dict[str, Any]) -> dict[str, Any]:
         resp = example["filtered_resps"][0]
         prediction = resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False)
         row.update(prediction=prediction, target=example["target"])
+        if is_chat_task(task):  # the prompt as the model saw it, chat template applied
+            row["prompt"] = example["arguments"][0][0]
         if isinstance(example["target"], str):  # what the report's corpus metrics read
             row.update(hypothesis=prediction, reference=example["target"])
     return row
@@ -213,17 +215,28 @@ def evaluate_units(
         for name in names
     }
     samples = {name: docs for name, docs in samples.items() if docs}
-    names = list(samples)
-    if not names:
-        return {}
-    results = evaluate(
-        lm,
-        {"tasks": {name: tasks[name] for name in names}, "groups": {}},
-        samples=samples,
-        bootstrap_iters=0,
-        log_samples=True,
-    )
-    return {name: [per_document(tasks[name], ex) for ex in results["samples"][name]] for name in names}
+    out: dict[str, list[dict[str, Any]]] = {}
+    # Instruction kinds (ifeval) ask through the chat template; lm-eval applies it per evaluate call.
+    for chat in (False, True):
+        group = [name for name in samples if is_chat_task(tasks[name]) == chat]
+        if not group:
+            continue
+        lm.chat = chat
+        results = evaluate(
+            lm,
+            {"tasks": {name: tasks[name] for name in group}, "groups": {}},
+            samples={name: samples[name] for name in group},
+            bootstrap_iters=0,
+            log_samples=True,
+            apply_chat_template=chat,
+        )
+        out.update({name: [per_document(tasks[name], ex) for ex in results["samples"][name]] for name in group})
+    return {name: out[name] for name in samples}
+
+
+def is_chat_task(task: Any) -> bool:
+    """Whether the task's prompts go through the model's chat template (kazhpc's instruction kinds)."""
+    return bool((task.config.metadata or {}).get("chat"))
 
 
 def run_part(

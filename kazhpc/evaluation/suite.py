@@ -5,8 +5,9 @@ A task in ``evaluate.tasks`` is one of:
 * a kazhpc task shipped in ``kazhpc/evaluation/tasks/`` (the eleven kz-transformers leaderboard
   columns; ``kk-leaderboard`` names them all);
 * a task lm-eval ships (``belebele_kaz_Cyrl``, ``include_base_44_kazakh``, ...);
-* a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer) or
-  ``kind: translation`` (a parallel file; generate, then BLEU and chrF++). ``columns`` maps those
+* a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer),
+  ``kind: translation`` (a parallel file; generate, then BLEU and chrF++) or ``kind: ifeval``
+  (Kazakh verifiable instructions, kazhpc.evaluation.ifeval). ``columns`` maps those
   fields to the file's own column names (a COPA-style ``premise``, ``choice1``, ``choice2``,
   ``label``; a corpus with ``Kazakh`` and ``English`` columns), ``answer_format`` says how the
   answer names its choice (0-based index, letter, 1-based number).
@@ -43,6 +44,9 @@ from kazhpc.evaluation.builders import (
 from kazhpc.evaluation.catalog import (
     COMPOSITES, SUITES, TASKS_DIR, builtin_config, group_members, kazhpc_task_files, yaml_config,
 )  # fmt: skip
+
+from kazhpc.evaluation.ifeval import builtin_path as ifeval_builtin
+from kazhpc.evaluation.ifeval import ifeval_config
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalTaskConfig, EvaluateConfig
@@ -106,8 +110,8 @@ def resolve(cfg: EvaluateConfig) -> Suite:
 
     for entry in names:
         if isinstance(entry, EvalTaskConfig):
-            build = mc_config if entry.kind == "mc" else translation_config
-            add(TaskSpec(entry.name, build(entry), "builder", entry.path, builder=entry))
+            build = {"mc": mc_config, "translation": translation_config, "ifeval": ifeval_config}[entry.kind]
+            add(TaskSpec(entry.name, build(entry), "builder", entry.path or ifeval_builtin(), builder=entry))
             continue
         members = COMPOSITES.get(entry) or (None if entry in kazhpc_task_files() else group_members(entry))
         if members:
@@ -177,6 +181,8 @@ def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
     task = spec.builder
     if task is not None:
         key = f"evaluate.tasks[{spec.name}]" + (".columns" if task.columns else "")
+        if task.kind == "ifeval":
+            return {"prompt", "instruction_id_list", "kwargs"}, key
         if task.kind == "translation":
             return {str(task.column(task.source_lang)), str(task.column(task.target_lang))}, key
         choices = task.column("choices")
