@@ -90,7 +90,7 @@ JOB_TYPES: tuple[JobType, ...] = (
             needs=("extend-vocab", "corpus", "preprocess", "train"), distributed=True, preemptible=True),
     JobType("evaluate", "kazhpc.evaluation.job",
             "Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly.",
-            needs=("extend-vocab", "train"), splits=True, result="results.json", script_stem="evaluate_models"),
+            needs=("extend-vocab", "preprocess", "train"), splits=True, result="results.json", script_stem="evaluate_models"),
 )
 
 

@@ -1,5 +1,6 @@
 """The evaluate job inside the smoke pipeline: the bundled model and the adapter the train job just
-wrote, on local copies of a leaderboard task, Belebele, a translation task and Kazakh IFEval, logged to MLflow."""
+wrote, on local copies of a leaderboard task, Belebele, a translation task, Kazakh IFEval and
+answers to the held-out split, logged to MLflow."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     assert set(results["models"]) == {"base", "adapter"} and results["baseline"] == "base"
     for label, model in results["models"].items():
         tasks = model["tasks"]
-        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval"}
+        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval", "kk_heldout"}
         assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["belebele_kaz_Cyrl"]["chance"] == 0.25
-        assert all(t["n"] == 4 for t in tasks.values())
+        held = json.loads((job_dir / "heldout.json").read_text())  # the preprocess stage's validation split
+        assert held["from"] == str(smoke_run["run_dir"] / "preprocess") and held["rows"] > 0
+        assert {t: e["n"] for t, e in tasks.items() if e["n"] != 4} == ({"kk_heldout": held["rows"]} if held["rows"] < 4 else {})
+        heldout = tasks["kk_heldout"]
+        assert heldout["metric"] == "chrf" and heldout["chance"] is not None and 0.0 <= heldout["extra"]["kazakh"] <= 1.0
+        assert heldout["extra"]["answer_words"] >= 0 and "chrf_signature" in heldout["extra"]
         assert 0.0 <= tasks["kk_dastur_mc"]["score"] <= 1.0 and tasks["kk_dastur_mc"]["stderr"] is not None
         assert tasks["kk_en_translation"]["metric"] == "chrf" and "bleu_signature" in tasks["kk_en_translation"]["extra"]
         ifeval = tasks["kk_ifeval"]  # asked through the chat template, scored by lm-eval's IFEval code

@@ -31,6 +31,7 @@ def config(tmp: Path, model_cache: Path, shards: int):
             - belebele_kaz_Cyrl
             - {{name: kk_en, kind: translation, path: {FIX / 'kk_en.jsonl'}, max_gen_toks: 4}}
             - {{name: kk_ifeval, kind: ifeval, max_gen_toks: 8}}
+            - {{name: kk_open, kind: open, path: {FIX / 'open_kk.jsonl'}, max_gen_toks: 6}}
           data_overrides:
             kk_dastur_mc: {FIX / 'dastur_mc.jsonl'}
             belebele_kaz_Cyrl: {FIX / 'belebele_kaz.jsonl'}
@@ -70,12 +71,12 @@ def test_two_and_three_shards_equal_the_unsharded_run_to_the_last_digit(merged: 
             other = merged[count]["job_dir"] / "samples" / path.relative_to(merged[1]["job_dir"] / "samples")
             assert other.read_text() == path.read_text(), other
     plan = json.loads((merged[3]["job_dir"] / "parts" / "00000-of-00003" / "plan.json").read_text())
-    split = [t for t in ("kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en", "kk_ifeval")
+    split = [t for t in ("kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en", "kk_ifeval", "kk_open")
              if sum(1 for units in plan["shards"] for u in units if u["task"] == t) > 1]
     assert split, "3 shards should cut at least one task into document ranges"
     tasks = merged[1]["results"]["models"]["base"]["tasks"]
     assert {t: e["n"] for t, e in tasks.items()} == {"kk_dastur_mc": LIMIT, "belebele_kaz_Cyrl": LIMIT, "kk_en": LIMIT,
-                                                     "kk_ifeval": LIMIT}
+                                                     "kk_ifeval": LIMIT, "kk_open": LIMIT}
     assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["kk_en"]["chance"] is None
     assert tasks["kk_en"]["metric"] == "chrf" and "nrefs:1" in tasks["kk_en"]["extra"]["chrf_signature"]
 
@@ -90,7 +91,7 @@ def test_merged_scores_are_lm_evals_own_unsharded_scores(merged: dict, model_cac
 
     cfg = merged[1]["cfg"]
     suite = resolve(cfg.evaluate)
-    tasks = load_tasks([s for s in suite.tasks if s.name not in ("kk_en", "kk_ifeval")])
+    tasks = load_tasks([s for s in suite.tasks if s.name not in ("kk_en", "kk_ifeval", "kk_open")])
     model, tokenizer = load_for_eval(models_under_test(cfg, None)[0], cfg.cache_root)
     lm = checked_lm(model, tokenizer, cfg.evaluate.batch_size)
     reference = evaluate(lm, {"tasks": tasks, "groups": {}}, limit=LIMIT, bootstrap_iters=cfg.evaluate.bootstrap_iters)

@@ -15,12 +15,13 @@ class EvalTaskConfig(Strict):
     """A task built from a user's file by config alone (kazhpc.evaluation.suite)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="the task's name in results and reports")
-    kind: Literal["mc", "translation", "ifeval"]
+    kind: Literal["mc", "translation", "ifeval", "open"]
     path: str | None = Field(
         None,
         description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or letter)}; "
         "translation rows with one field per language (names changed by columns); ifeval rows {key, prompt, "
-        "instruction_id_list, kwargs} (default for ifeval: kazhpc's Kazakh prompts, kazhpc/resources/kk-ifeval.jsonl)",
+        "instruction_id_list, kwargs} (default: kazhpc's Kazakh prompts, kazhpc/resources/kk-ifeval.jsonl); open rows "
+        "{prompt, reference} (default: the held-out split of the preprocess stage before this evaluation)",
     )
     source_lang: str = Field("kk", description="translation: field (language code) of the source text")
     target_lang: str = Field("en", description="translation: field (language code) of the reference")
@@ -36,7 +37,7 @@ class EvalTaskConfig(Strict):
     )
     instruction: str | None = Field(None, description="replaces the built-in Kazakh instruction")
     max_gen_toks: int | None = Field(
-        None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512)"
+        None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512, open 256)"
     )
 
     @field_validator("path")
@@ -46,13 +47,16 @@ class EvalTaskConfig(Strict):
 
     @model_validator(mode="after")
     def _mapping(self) -> EvalTaskConfig:
-        if self.path is None and self.kind != "ifeval":
+        if self.path is None and self.kind not in ("ifeval", "open"):
             raise ValueError(f"path: required for kind: {self.kind}")
         if self.kind == "ifeval" and (self.columns or self.instruction or self.answer_format != "auto"):
             raise ValueError("kind: ifeval reads the IFEval schema as it is (no columns, instruction or answer_format)")
         if self.kind == "ifeval":
             return self
-        known = ("question", "choices", "answer") if self.kind == "mc" else (self.source_lang, self.target_lang)
+        known = {"mc": ("question", "choices", "answer"), "open": ("prompt", "reference")}.get(
+            self.kind, (self.source_lang, self.target_lang))  # fmt: skip
+        if self.kind == "open" and self.columns and self.path is None:
+            raise ValueError("columns: the held-out split (no path) has its own fields; columns map a file's")
         for key, column in self.columns.items():
             if key not in known:
                 raise ValueError(f"columns.{key}: unknown field{suggest(key, known)}; {self.kind} maps {', '.join(known)}")
@@ -63,7 +67,7 @@ class EvalTaskConfig(Strict):
                 raise ValueError("columns.choices: a list names two or more different columns, one per choice")
             if any(not c.strip() for c in (column if several else [column])):
                 raise ValueError(f"columns.{key}: empty column name")
-        if self.kind == "translation" and self.answer_format != "auto":
+        if self.kind in ("translation", "open") and self.answer_format != "auto":
             raise ValueError("answer_format is for kind: mc")
         if self.kind == "translation" and self.source_lang == self.target_lang:
             raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'")

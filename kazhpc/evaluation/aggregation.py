@@ -39,8 +39,15 @@ def aggregate(task: Any, rows: list[dict[str, Any]], bootstrap_iters: int) -> di
 
 
 def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, Any]:
-    if (spec.config.get("metadata") or {}).get("builder") == "translation":
+    builder = (spec.config.get("metadata") or {}).get("builder")
+    if builder == "translation":
         return translation_entry(spec, rows)
+    if builder == "open":
+        from kazhpc.evaluation.open_answers import open_entry
+
+        entry = open_entry([r for r in rows if r["filter"] == rows[0]["filter"]], task, spec.config["metadata"]["prompt_field"])
+        entry["extra"].update(origin=spec.origin, output_type="generate_until", dataset=spec.data_file)
+        return entry
     agg = aggregate(task, rows, bootstrap_iters)
     values, primary, filt = agg["values"], agg["metrics"][0], agg["filters"][0]
     higher = task.higher_is_better()

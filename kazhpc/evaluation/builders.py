@@ -201,6 +201,11 @@ def render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
 
         check_row(row)
         return
+    if task.kind == "open":
+        from kazhpc.evaluation.open_answers import check_row as check_open_row
+
+        check_open_row(task, row)
+        return
     if task.kind == "translation":
         _field(row, str(task.column(task.source_lang)))
         _field(row, str(task.column(task.target_lang)))

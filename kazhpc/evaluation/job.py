@@ -101,7 +101,7 @@ def run_part(cfg: PipelineConfig, job_dir: Path, index: int, count: int, upstrea
     from kazhpc.evaluation.sharding import run_part as evaluate_part
 
     models = models_under_test(cfg, (upstream or {}).get("train"))
-    return evaluate_part(cfg.evaluate, cfg.cache_root, models, job_dir, index, count)
+    return evaluate_part(cfg.evaluate, cfg.cache_root, models, job_dir, index, count, (upstream or {}).get("preprocess"))
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
@@ -113,7 +113,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     count = cfg.evaluate.shards
     models = models_under_test(cfg, ctx.upstream_dir("train"))
     results = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count,
-                                   lambda i: evaluate_part(cfg.evaluate, cfg.cache_root, models, ctx.job_dir, i, count),
+                                   lambda i: evaluate_part(cfg.evaluate, cfg.cache_root, models, ctx.job_dir, i, count,
+                                                           ctx.upstream_dir("preprocess")),
                                    lambda: merge(cfg.evaluate, ctx.job_dir, count), ctx.inputs)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")

@@ -137,7 +137,7 @@ def special_text_documents(task: Any, n: int, specials: list[SpecialTexts]) -> l
 
 
 def prepare(
-    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest]
+    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest], heldout: Path | None = None
 ) -> tuple[Suite, dict[str, Any], list[list[Unit]], dict[str, list[dict[str, Any]]]]:
     """The suite, its lm-eval tasks (documents checked), the plan for ``evaluate.shards``, and by
     task the documents that spell a special token of any model under test's tokenizer (with
@@ -145,7 +145,7 @@ def prepare(
     from kazhpc.evaluation.models import distinct_bases, eval_tokenizer
     from kazhpc.special_text import special_texts
 
-    suite = resolve(evaluate)
+    suite = resolve(evaluate, heldout)
     tasks = load_tasks(suite.tasks)
     for spec in suite.tasks:
         check_documents(tasks[spec.name], spec)
@@ -240,15 +240,18 @@ def is_chat_task(task: Any) -> bool:
 
 
 def run_part(
-    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest], job_dir: Path, index: int, count: int
+    evaluate: EvaluateConfig, cache_root: Path, models: list[ModelUnderTest], job_dir: Path, index: int, count: int,
+    preprocess_dir: Path | None = None,
 ) -> Path:
-    """Evaluate shard ``index`` of ``count`` for every model under test; part 0 also scores perplexity."""
+    """Evaluate shard ``index`` of ``count`` for every model under test; part 0 also scores perplexity.
+    An ``open`` task without a path reads ``preprocess_dir``'s held-out split (written here first)."""
     from kazhpc.evaluation.models import checked_lm, load_for_eval
 
     check_part_count("evaluate", index, count, evaluate.shards)
     started = time.time()
     folder = start_part(job_dir, index, count)
-    suite, tasks, plan, flagged = prepare(evaluate, cache_root, models)
+    heldout = _heldout(evaluate, preprocess_dir, job_dir)
+    suite, tasks, plan, flagged = prepare(evaluate, cache_root, models, heldout)
     info = plan_dict(plan, flagged, evaluate.special_tokens)
     (folder / "plan.json").write_text(json.dumps(info, indent=1))
     units = plan[index]
@@ -275,6 +278,14 @@ def run_part(
     return folder
 
 
+def _heldout(evaluate: EvaluateConfig, preprocess_dir: Path | None, job_dir: Path) -> Path | None:
+    from kazhpc.config import EvalTaskConfig
+    from kazhpc.evaluation.open_answers import write_heldout
+
+    waiting = [t for t in evaluate.tasks if isinstance(t, EvalTaskConfig) and t.kind == "open" and t.path is None]
+    return write_heldout(preprocess_dir, job_dir, f"evaluate.tasks[{waiting[0].name}]") if waiting else None
+
+
 def perplexity_texts(spec: str) -> list[str]:
     from kazhpc.evaluation.perplexity import read_passages
 
@@ -291,7 +302,9 @@ def merge(evaluate: EvaluateConfig, job_dir: Path, count: int) -> dict[str, Any]
     plans = {json.loads((part_dir(job_dir, i, count) / "plan.json").read_text())["sha256"] for i in range(count)}
     if len(plans) != 1:
         raise KazhpcError(f"evaluate: the {count} parts planned different shards (data changed between them?); rerun them")
-    suite = resolve(evaluate)
+    from kazhpc.evaluation.open_answers import HELDOUT_FILE
+
+    suite = resolve(evaluate, job_dir / HELDOUT_FILE if (job_dir / HELDOUT_FILE).is_file() else None)
     tasks = load_tasks(suite.tasks)
     plan = json.loads((part_dir(job_dir, 0, count) / "plan.json").read_text())
     skip = excluded_documents(plan)

@@ -7,7 +7,8 @@ A task in ``evaluate.tasks`` is one of:
 * a task lm-eval ships (``belebele_kaz_Cyrl``, ``include_base_44_kazakh``, ...);
 * a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer),
   ``kind: translation`` (a parallel file; generate, then BLEU and chrF++) or ``kind: ifeval``
-  (Kazakh verifiable instructions, kazhpc.evaluation.ifeval). ``columns`` maps those
+  (Kazakh verifiable instructions, kazhpc.evaluation.ifeval) or ``kind: open`` (free answers
+  against references; kazhpc.evaluation.open_answers). ``columns`` maps those
   fields to the file's own column names (a COPA-style ``premise``, ``choice1``, ``choice2``,
   ``label``; a corpus with ``Kazakh`` and ``English`` columns), ``answer_format`` says how the
   answer names its choice (0-based index, letter, 1-based number).
@@ -47,6 +48,7 @@ from kazhpc.evaluation.catalog import (
 
 from kazhpc.evaluation.ifeval import builtin_path as ifeval_builtin
 from kazhpc.evaluation.ifeval import ifeval_config
+from kazhpc.evaluation.open_answers import HELDOUT_FILE, open_config
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalTaskConfig, EvaluateConfig
@@ -88,8 +90,11 @@ class Suite:
 # Resolution.
 
 
-def resolve(cfg: EvaluateConfig) -> Suite:
-    """The suite's tasks in order, each with a full lm-eval config, and its composites."""
+def resolve(cfg: EvaluateConfig, heldout: Path | None = None) -> Suite:
+    """The suite's tasks in order, each with a full lm-eval config, and its composites.
+
+    ``heldout``: the file an ``open`` task without a path reads (kazhpc.evaluation.open_answers);
+    until the run writes it, such a task has no data file and preflight leaves it to the run."""
     from kazhpc.config import EvalTaskConfig
 
     names: list[str | EvalTaskConfig] = []
@@ -110,6 +115,10 @@ def resolve(cfg: EvaluateConfig) -> Suite:
 
     for entry in names:
         if isinstance(entry, EvalTaskConfig):
+            if entry.kind == "open":
+                data = entry.path or (str(heldout) if heldout is not None else None)
+                add(TaskSpec(entry.name, open_config(entry, data or HELDOUT_FILE), "builder", data, builder=entry))
+                continue
             build = {"mc": mc_config, "translation": translation_config, "ifeval": ifeval_config}[entry.kind]
             add(TaskSpec(entry.name, build(entry), "builder", entry.path or ifeval_builtin(), builder=entry))
             continue
@@ -183,6 +192,8 @@ def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
         key = f"evaluate.tasks[{spec.name}]" + (".columns" if task.columns else "")
         if task.kind == "ifeval":
             return {"prompt", "instruction_id_list", "kwargs"}, key
+        if task.kind == "open":
+            return {str(task.column("prompt")), str(task.column("reference"))}, key
         if task.kind == "translation":
             return {str(task.column(task.source_lang)), str(task.column(task.target_lang))}, key
         choices = task.column("choices")
