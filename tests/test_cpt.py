@@ -79,7 +79,7 @@ def test_sft_goes_on_from_the_cpt_adapter_and_evaluate_scores_it(cpt_sft_run: di
     assert sft["continued_from"] == cpt["adapter"] and sft["base_model"] == cpt["base_model"]
     assert sft["loss_check"]["adapter"] < sft["loss_check"]["base"]
     evaluation = manifests["evaluate"]
-    assert evaluation["upstream"] == {"extend-vocab": "extend-vocab", "train": "train-sft"}
+    assert evaluation["upstream"] == {"extend-vocab": "extend-vocab", "preprocess": "preprocess", "train": "train-sft"}
     assert evaluation["adapters"]["adapter"] == sft["adapter"]
     for stage in ("tokenizers", "extend-vocab", "corpus", "train-cpt", "preprocess", "train-sft", "evaluate"):
         assert f"  {stage}: COMPLETED" in cpt_sft_run["second"].stdout

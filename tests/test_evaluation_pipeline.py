@@ -1,6 +1,6 @@
 """The evaluate job inside the smoke pipeline: the bundled model and the adapter the train job just
-wrote, on local copies of a leaderboard task, Belebele, a translation task, Kazakh IFEval and
-answers to the held-out split, logged to MLflow."""
+wrote, on local copies of a leaderboard task, Belebele, a translation task, Kazakh IFEval,
+answers to the held-out split and tool calls, logged to MLflow."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     assert set(results["models"]) == {"base", "adapter"} and results["baseline"] == "base"
     for label, model in results["models"].items():
         tasks = model["tasks"]
-        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval", "kk_heldout"}
+        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval", "kk_heldout", "kk_tools"}
         assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["belebele_kaz_Cyrl"]["chance"] == 0.25
         held = json.loads((job_dir / "heldout.json").read_text())  # the preprocess stage's validation split
         assert held["from"] == str(smoke_run["run_dir"] / "preprocess") and held["rows"] > 0
@@ -39,6 +39,9 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
         rows = [json.loads(x) for x in (job_dir / "samples" / label / "kk_ifeval.jsonl").read_text().splitlines()]
         assert all(r["prompt"].startswith("<bos><start_of_turn>user\n") for r in rows)
         assert ifeval["score"] == sum(r["prompt_level_strict_acc"] for r in rows) / len(rows)
+        tools = tasks["kk_tools"]
+        assert tools["metric"] == "call_exact" and {"valid_json,none", "arg_accuracy,none"} <= set(tools["extra"])
+        assert tools["chance"] is not None and tools["extra"]["chance_is"] == "the prompt echoed back as the answer"
         assert model["perplexity"]["bits_per_char"] > 0
         lines = (job_dir / "samples" / label / "kk_dastur_mc.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line)["doc_id"] for line in lines] == [0, 1, 2, 3]

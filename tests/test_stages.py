@@ -30,7 +30,7 @@ def two_stage_with(tmp_path: Path, old: str, new: str) -> Path:
 def test_the_jobs_form_is_one_stage_per_type_named_as_it() -> None:
     cfg = load_config(SMOKE)
     assert [(s.name, s.job) for s in cfg.stages] == [(j, j) for j in ("prepare-model", "tokenizers", "preprocess", "train", "evaluate")]
-    assert cfg.upstream("train") == {"preprocess": "preprocess"} and cfg.upstream("evaluate") == {"train": "train"}
+    assert cfg.upstream("train") == {"preprocess": "preprocess"} and cfg.upstream("evaluate") == {"preprocess": "preprocess", "train": "train"}
     assert cfg.for_stage("train") is cfg  # no with: keys, the top-level sections as they are
     assert "jobs" not in cfg.resolved_dict() and cfg.resolved_dict()["stages"][3] == {"name": "train", "job": "train", "uses": [], "with": {}}
 
@@ -47,9 +47,9 @@ def test_a_run_directory_config_round_trips(tmp_path: Path) -> None:
 def test_each_stage_reads_the_latest_earlier_stage_of_each_type_it_needs_or_the_one_it_names() -> None:
     cfg = load_config(TWO_STAGE)
     assert cfg.upstream("train-1") == {"preprocess": "preprocess-general"}
-    assert cfg.upstream("eval-1") == {"train": "train-1"}
+    assert cfg.upstream("eval-1") == {"preprocess": "preprocess-general", "train": "train-1"}  # preprocess: open tasks' held-out split
     assert cfg.upstream("train-2") == {"train": "train-1", "preprocess": "preprocess-translation"}
-    assert cfg.upstream("eval-2") == {"train": "train-2"}
+    assert cfg.upstream("eval-2") == {"preprocess": "preprocess-translation", "train": "train-2"}
 
 
 def test_a_stage_section_is_the_top_level_one_with_its_keys_over_it() -> None:
@@ -127,7 +127,7 @@ def test_an_upstream_stage_redone_changes_the_inputs_of_the_stages_that_read_it(
     (tmp_path / "train-1" / "manifest.json").write_text(json.dumps({"fingerprint": "c" * 12}))
     said = changes(before, inputs_of(cfg, tmp_path, "train-2"))
     assert said and "train-1" in " ".join(said)
-    assert inputs_of(cfg, tmp_path, "eval-1")["upstream"] == {"train:train-1": "c" * 12}
+    assert inputs_of(cfg, tmp_path, "eval-1")["upstream"] == {"train:train-1": "c" * 12, "preprocess:preprocess-general": "not run"}
 
 
 def test_render_writes_one_script_per_stage_chained_in_order(tmp_path: Path) -> None:

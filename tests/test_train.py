@@ -155,3 +155,35 @@ def test_answer_loss_on_kept_positions_equals_the_full_logits_loss(gemma_model, 
             total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="sum", ignore_index=-100).item()
             count += int((labels != -100).sum())
     assert answer_loss(gemma_model, gemma_tokenizer, CHATS, 512) == pytest.approx(total / count, abs=2e-3)
+
+
+def test_tool_rows_carry_loss_on_the_calls_and_the_answer_only(tmp_path: Path, model_cache: Path, gemma_tokenizer) -> None:
+    """A function-calling conversation in kazhpc's tool format (schemas in the system turn, calls as
+    JSON in model turns, the tool's result as a user turn): only the model's turns are learnt."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from kazhpc.data.tools import chat_messages, xlam_messages
+    from kazhpc.train.qlora import load_for_training, lora_config, sft_config
+
+    tool = {"name": "ауа_райы", "description": "Қаладағы ауа райы", "parameters": {"қала": {"type": "string"}}}
+    chats = [
+        xlam_messages({"query": "Атырауда ауа райы қандай?", "tools": json.dumps([tool], ensure_ascii=False),
+                       "answers": json.dumps([{"name": "ауа_райы", "arguments": {"қала": "Атырау"}}], ensure_ascii=False)}),
+        chat_messages({"tools": [{"type": "function", "function": tool}], "messages": [
+            {"role": "user", "content": "Ақтауда қазір жылы ма?"},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "ауа_райы", "arguments": '{"қала": "Ақтау"}'}}]},
+            {"role": "tool", "name": "ауа_райы", "content": '{"температура": 18}'},
+            {"role": "assistant", "content": "Иә, Ақтауда қазір он сегіз градус жылы."}]}),
+    ]  # fmt: skip
+    cfg = smoke(tmp_path, model_cache)
+    trainer = SFTTrainer(model=load_for_training(cfg), args=sft_config(cfg, tmp_path / "ckpt"),
+                         train_dataset=Dataset.from_dict({"messages": chats}), processing_class=gemma_tokenizer,
+                         peft_config=lora_config(cfg))  # fmt: skip
+    batch = next(iter(trainer.get_eval_dataloader(trainer.train_dataset)))
+    for row, chat in enumerate(chats):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        real = batch["attention_mask"][row].bool()
+        learned = gemma_tokenizer.decode(ids[(labels != -100) & real])
+        assert learned == "".join(m["content"] + "<end_of_turn>" for m in chat if m["role"] == "assistant")
+        assert "Құрал нәтижесі" not in learned and '"description"' not in learned

@@ -56,8 +56,8 @@ def test_the_second_train_stage_goes_on_training_the_first_adapter_on_its_own_da
 
 def test_each_evaluation_scores_the_adapter_of_the_train_stage_before_it(two_stage: dict) -> None:
     manifests = two_stage["manifests"]
-    for evaluation, train in (("eval-1", "train-1"), ("eval-2", "train-2")):
-        assert manifests[evaluation]["upstream"] == {"train": train}
+    for evaluation, train, pre in (("eval-1", "train-1", "preprocess-general"), ("eval-2", "train-2", "preprocess-translation")):
+        assert manifests[evaluation]["upstream"] == {"preprocess": pre, "train": train}
         assert manifests[evaluation]["adapters"] == {"base": None, "adapter": manifests[train]["adapter"]}
         assert set(manifests[evaluation]["scores"]) == {"base", "adapter"}
     # The same base model on the same documents: the base rows agree exactly across the two stages.

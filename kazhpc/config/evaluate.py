@@ -15,13 +15,14 @@ class EvalTaskConfig(Strict):
     """A task built from a user's file by config alone (kazhpc.evaluation.suite)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="the task's name in results and reports")
-    kind: Literal["mc", "translation", "ifeval", "open"]
+    kind: Literal["mc", "translation", "ifeval", "open", "tool"]
     path: str | None = Field(
         None,
         description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or letter)}; "
         "translation rows with one field per language (names changed by columns); ifeval rows {key, prompt, "
         "instruction_id_list, kwargs} (default: kazhpc's Kazakh prompts, kazhpc/resources/kk-ifeval.jsonl); open rows "
-        "{prompt, reference} (default: the held-out split of the preprocess stage before this evaluation)",
+        "{prompt, reference} (default: the held-out split of the preprocess stage before this evaluation); tool rows "
+        "{query, tools, answers} as in xLAM (default: kazhpc's Kazakh queries, kazhpc/resources/kk-tools.jsonl)",
     )
     source_lang: str = Field("kk", description="translation: field (language code) of the source text")
     target_lang: str = Field("en", description="translation: field (language code) of the reference")
@@ -37,7 +38,7 @@ class EvalTaskConfig(Strict):
     )
     instruction: str | None = Field(None, description="replaces the built-in Kazakh instruction")
     max_gen_toks: int | None = Field(
-        None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512, open 256)"
+        None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512, open 256, tool 128)"
     )
 
     @field_validator("path")
@@ -47,11 +48,12 @@ class EvalTaskConfig(Strict):
 
     @model_validator(mode="after")
     def _mapping(self) -> EvalTaskConfig:
-        if self.path is None and self.kind not in ("ifeval", "open"):
+        if self.path is None and self.kind not in ("ifeval", "open", "tool"):
             raise ValueError(f"path: required for kind: {self.kind}")
-        if self.kind == "ifeval" and (self.columns or self.instruction or self.answer_format != "auto"):
-            raise ValueError("kind: ifeval reads the IFEval schema as it is (no columns, instruction or answer_format)")
-        if self.kind == "ifeval":
+        layout = {"ifeval": "the IFEval schema", "tool": "xLAM's layout"}.get(self.kind)
+        if layout and (self.columns or self.instruction or self.answer_format != "auto"):
+            raise ValueError(f"kind: {self.kind} reads {layout} as it is (no columns, instruction or answer_format)")
+        if layout:
             return self
         known = {"mc": ("question", "choices", "answer"), "open": ("prompt", "reference")}.get(
             self.kind, (self.source_lang, self.target_lang))  # fmt: skip

@@ -9,8 +9,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from kazhpc.config.messages import suggest
 from kazhpc.config.paths import NAME_PATTERN, PATH_PREFIXES, Strict, absolute_path, repeated
 
-SourceKind = Literal["muri-it", "alpaca", "kazparc", "ner-kazakh", "mc", "custom"]
-SHORT_ANSWER_KINDS = ("mc", "ner-kazakh", "kazparc")
+SourceKind = Literal["muri-it", "alpaca", "kazparc", "ner-kazakh", "mc", "custom", "xlam", "tool-chat"]
+#: Function-calling layouts (kazhpc.data.tools): their answers are JSON calls.
+TOOL_KINDS = ("xlam", "tool-chat")
+SHORT_ANSWER_KINDS = ("mc", "ner-kazakh", "kazparc", *TOOL_KINDS)
 #: Languages of a kazparc-style parallel source (its directions and its columns mapping).
 SOURCE_LANGUAGES = ("kk", "en", "ru", "tr")
 
@@ -40,6 +42,10 @@ class SourceConfig(Strict):
     directions: list[str] = Field(
         default_factory=lambda: ["kk-en", "en-kk", "kk-ru", "ru-kk"],
         description="kazparc kind: translation directions to emit",
+    )
+    language: str | None = Field(
+        None, description="xlam / tool-chat kinds: the language of the queries (default kk; the original "
+        "Salesforce/xlam-function-calling-60k is en): what language ID checks them against",
     )
 
     def answer_word_minimum(self, default: int) -> int:
@@ -76,6 +82,10 @@ class SourceConfig(Strict):
             raise ValueError("give exactly one of path or hub")
         if self.kind == "custom" and not {"prompt", "response"} <= set(self.columns):
             raise ValueError("a custom source needs columns.prompt and columns.response")
+        if self.language is not None and self.kind not in TOOL_KINDS:
+            raise ValueError(f"language is for the tool kinds ({', '.join(TOOL_KINDS)})")
+        if self.language is not None and self.language not in SOURCE_LANGUAGES:
+            raise ValueError(f"language: {self.language!r} is not one of {', '.join(SOURCE_LANGUAGES)}")
         if self.kind not in ("custom", "kazparc") and self.columns:
             raise ValueError("columns is only for kind: custom (fields) and kind: kazparc (languages)")
         bad = [d for d in self.directions if d not in ("kk-en", "en-kk", "kk-ru", "ru-kk", "kk-tr", "tr-kk")]

@@ -29,11 +29,15 @@ Kinds and the columns they read (real schemas, see the dataset cards):
   dropped, the others keep their letters.
 - ``custom``: ``source.columns`` maps ``prompt``, ``response`` (required) and ``input``, ``system``
   (optional) to column names.
+- ``xlam`` (Salesforce/xlam-function-calling-60k: ``query, tools, answers``) and ``tool-chat``
+  (``messages`` with ``tool_calls`` and ``tool`` turns, and ``tools``): kazhpc's Gemma-3 tool format
+  (kazhpc.data.tools); ``source.language`` is the queries' language (default kk). Invalid JSON in a
+  schema, call or argument rejects with ``bad_tool_json``.
 
 Reject reasons: ``empty_text`` (an empty or whitespace-only prompt or answer; a KazParC row with no
 usable direction), ``wrong_type`` (not a string where text is expected, or not a list of tokens /
 tags), ``missing_column`` (a row lacks a column the kind reads), ``bad_tags``,
-``too_few_choices``, ``answer_not_in_choices``.
+``too_few_choices``, ``answer_not_in_choices``, ``bad_tool_json``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ REQUIRED_COLUMNS: dict[str, set[str]] = {
     "ner-kazakh": {"tokens", "ner_tags"},
     "mc": {"Question", "Option A", "Option B", "Correct Answer"},
     "custom": set(),
+    "xlam": {"query", "tools", "answers"},
+    "tool-chat": {"messages", "tools"},
 }
 
 #: The UNT multiple-choice schema (kazakh-unified-national-testing-mc), told apart by ``question``.
@@ -329,7 +335,27 @@ def _custom(source: SourceConfig, row: RawRow) -> list[Adapted]:
     return [(0, messages, "kk", ("kk",), {})]
 
 
+def _tools(source: SourceConfig, row: RawRow) -> list[Adapted]:
+    """xLAM's {query, tools, answers} or a chat row with tool calls, in kazhpc's tool format."""
+    from kazhpc.data.tools import BadTool, chat_messages, xlam_messages
+
+    if source.kind == "xlam":
+        _text(row.data, "query")
+    try:
+        messages = xlam_messages(row.data) if source.kind == "xlam" else chat_messages(row.data)
+    except BadTool as exc:
+        raise Reject("bad_tool_json", str(exc)) from None
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise Reject("empty_text", "no assistant turn to learn")
+    # Language ID reads the user's queries: the answers are JSON, the system turn is the tools' schemas.
+    queries = [m["content"] for m in messages if m["role"] == "user" and not m["content"].startswith("Құрал нәтижесі")]
+    language = source.language or "kk"
+    return [(0, messages, language, (language,), {"langid_text": "\n".join(queries)})]
+
+
 _ADAPTERS = {
+    "xlam": _tools,
+    "tool-chat": _tools,
     "muri-it": _muri,
     "alpaca": _alpaca,
     "kazparc": _kazparc,

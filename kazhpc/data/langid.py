@@ -220,7 +220,10 @@ def check_record(record: Record, ident: LanguageIdentifier, cfg: LanguageIdConfi
             f"knows {', '.join(ident.languages)}"
         )
     # Structured answers (NER's "entity — LABEL" lines) say so in meta: their prompt is identified.
+    # Tool rows (JSON calls) name the text to identify: their queries.
     texts = record.prompts() if record.meta.get("langid_on") == "prompt" else record.answers()
+    if "langid_text" in record.meta:
+        texts = [record.meta["langid_text"]]
     result = ident.detect("\n".join(texts))
     record.meta["lang"] = result.language or "und"
     record.meta["lang_confidence"] = round(result.confidence, 3)

@@ -65,10 +65,8 @@ def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_
     published = (spec.config.get("metadata") or {}).get("random_baseline")
     if published is not None:
         extra["random_baseline_published"] = published
-    if (spec.config.get("metadata") or {}).get("builder") == "ifeval":
-        from kazhpc.evaluation.ifeval import echo_floor
-
-        chance = echo_floor(task, first)
+    if builder in ("ifeval", "tool"):
+        chance = echo_floor(task, first, primary)
         extra.update(proportion=True, chance_is="the prompt echoed back as the answer")
     else:
         chance = chance_of(task, [r["num_choices"] for r in first if "num_choices" in r])
@@ -81,6 +79,14 @@ def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_
         "higher_is_better": bool(higher.get(primary, True)),
         "extra": extra,
     }
+
+
+def echo_floor(task: Any, rows: list[dict[str, Any]], metric: str) -> float | None:
+    """The task's own per-item score of answering each scored prompt with the prompt itself: what a
+    model earns by following nothing (the chance shown beside an instruction or tool task)."""
+    docs = task.eval_docs
+    hits = [float(task.process_results(docs[r["doc_id"]], [task.doc_to_text(docs[r["doc_id"]])])[metric]) for r in rows]
+    return sum(hits) / len(hits) if hits else None
 
 
 def translation_entry(spec: TaskSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -201,6 +201,11 @@ def render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
 
         check_row(row)
         return
+    if task.kind == "tool":
+        from kazhpc.evaluation.tool_calls import check_row as check_tool_row
+
+        check_tool_row(row)
+        return
     if task.kind == "open":
         from kazhpc.evaluation.open_answers import check_row as check_open_row
 

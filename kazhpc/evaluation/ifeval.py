@@ -243,14 +243,6 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
         return utils.process_results({**doc, "key": doc.get("key", 0)}, results)
 
 
-def echo_floor(task: Any, rows: list[dict[str, Any]]) -> float | None:
-    """Prompt-level strict accuracy of answering each scored prompt with the prompt itself: the
-    score a model earns without following anything (what the report shows as its chance)."""
-    docs = task.eval_docs
-    hits = [process_results(docs[r["doc_id"]], [docs[r["doc_id"]]["prompt"]])["prompt_level_strict_acc"] for r in rows]
-    return sum(hits) / len(hits) if hits else None
-
-
 # --------------------------------------------------------------------------------------------
 # The task, and the checks on its rows (preflight, before any model loads).
 

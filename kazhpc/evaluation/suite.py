@@ -7,8 +7,9 @@ A task in ``evaluate.tasks`` is one of:
 * a task lm-eval ships (``belebele_kaz_Cyrl``, ``include_base_44_kazakh``, ...);
 * a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer),
   ``kind: translation`` (a parallel file; generate, then BLEU and chrF++) or ``kind: ifeval``
-  (Kazakh verifiable instructions, kazhpc.evaluation.ifeval) or ``kind: open`` (free answers
-  against references; kazhpc.evaluation.open_answers). ``columns`` maps those
+  (Kazakh verifiable instructions, kazhpc.evaluation.ifeval), ``kind: open`` (free answers
+  against references; kazhpc.evaluation.open_answers) or ``kind: tool`` (function calls;
+  kazhpc.evaluation.tool_calls). ``columns`` maps those
   fields to the file's own column names (a COPA-style ``premise``, ``choice1``, ``choice2``,
   ``label``; a corpus with ``Kazakh`` and ``English`` columns), ``answer_format`` says how the
   answer names its choice (0-based index, letter, 1-based number).
@@ -49,6 +50,8 @@ from kazhpc.evaluation.catalog import (
 from kazhpc.evaluation.ifeval import builtin_path as ifeval_builtin
 from kazhpc.evaluation.ifeval import ifeval_config
 from kazhpc.evaluation.open_answers import HELDOUT_FILE, open_config
+from kazhpc.evaluation.tool_calls import builtin_path as tool_builtin
+from kazhpc.evaluation.tool_calls import tool_config
 
 if TYPE_CHECKING:
     from kazhpc.config import EvalTaskConfig, EvaluateConfig
@@ -119,8 +122,9 @@ def resolve(cfg: EvaluateConfig, heldout: Path | None = None) -> Suite:
                 data = entry.path or (str(heldout) if heldout is not None else None)
                 add(TaskSpec(entry.name, open_config(entry, data or HELDOUT_FILE), "builder", data, builder=entry))
                 continue
-            build = {"mc": mc_config, "translation": translation_config, "ifeval": ifeval_config}[entry.kind]
-            add(TaskSpec(entry.name, build(entry), "builder", entry.path or ifeval_builtin(), builder=entry))
+            build = {"mc": mc_config, "translation": translation_config, "ifeval": ifeval_config, "tool": tool_config}[entry.kind]
+            shipped = {"ifeval": ifeval_builtin, "tool": tool_builtin}.get(entry.kind)
+            add(TaskSpec(entry.name, build(entry), "builder", entry.path or (shipped() if shipped else None), builder=entry))
             continue
         members = COMPOSITES.get(entry) or (None if entry in kazhpc_task_files() else group_members(entry))
         if members:
@@ -194,6 +198,8 @@ def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
             return {"prompt", "instruction_id_list", "kwargs"}, key
         if task.kind == "open":
             return {str(task.column("prompt")), str(task.column("reference"))}, key
+        if task.kind == "tool":
+            return {"query", "tools", "answers"}, key
         if task.kind == "translation":
             return {str(task.column(task.source_lang)), str(task.column(task.target_lang))}, key
         choices = task.column("choices")
