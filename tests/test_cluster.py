@@ -382,3 +382,15 @@ def test_status_reads_each_step_s_tasks_under_the_keys_the_runner_writes() -> No
     assert state_keys({"stage": "corpus", "phase": "clusters", "array": None}) == ["corpus:clusters[0/1]"]
     assert state_keys({"stage": "pre", "job": "preprocess", "array": 2}) == ["pre[0/2]", "pre[1/2]"]
     assert state_keys({"job": "train", "array": None}) == ["train"]  # a record from before named stages
+
+
+def test_an_evaluation_merge_gets_the_gpus_only_when_it_loads_a_judge() -> None:
+    """The merge of sharded parts reads files, so it asks for no GPU; a judge task's merge loads the
+    judge model, so it gets the evaluate job's GPUs (and --nv in the container)."""
+    cluster = load_cluster(A100)
+    plain = {s.name: s for s in slurm_steps(load_config(SMOKE, ["evaluate.shards=2", "evaluate.tasks=[kk_dastur_mc]"]), cluster)}
+    judged = {s.name: s for s in slurm_steps(load_config(SMOKE, ["evaluate.shards=2"]), cluster)}  # smoke has kk_judge
+    assert plain["evaluate-parts"].params.get("gpus_per_node") and judged["evaluate-parts"].params.get("gpus_per_node")
+    assert not plain["evaluate"].params.get("gpus_per_node") and "--nv" not in "\n".join(plain["evaluate"].command)
+    assert judged["evaluate"].params["gpus_per_node"] == plain["evaluate-parts"].params["gpus_per_node"]
+    assert "--nv" in "\n".join(judged["evaluate"].command)

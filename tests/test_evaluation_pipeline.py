@@ -23,11 +23,12 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     assert set(results["models"]) == {"base", "adapter"} and results["baseline"] == "base"
     for label, model in results["models"].items():
         tasks = model["tasks"]
-        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval", "kk_heldout", "kk_tools"}
+        assert set(tasks) == {"kk_dastur_mc", "belebele_kaz_Cyrl", "kk_en_translation", "kk_ifeval", "kk_heldout", "kk_tools", "kk_judge"}
         assert tasks["kk_dastur_mc"]["chance"] == 0.25 and tasks["belebele_kaz_Cyrl"]["chance"] == 0.25
         held = json.loads((job_dir / "heldout.json").read_text())  # the preprocess stage's validation split
         assert held["from"] == str(smoke_run["run_dir"] / "preprocess") and held["rows"] > 0
-        assert {t: e["n"] for t, e in tasks.items() if e["n"] != 4} == ({"kk_heldout": held["rows"]} if held["rows"] < 4 else {})
+        short = {"kk_heldout": held["rows"], "kk_judge": held["rows"]} if held["rows"] < 4 else {}  # judge: its prompts
+        assert {t: e["n"] for t, e in tasks.items() if e["n"] != 4 and not e["extra"].get("judged_against")} == short
         heldout = tasks["kk_heldout"]
         assert heldout["metric"] == "chrf" and heldout["chance"] is not None and 0.0 <= heldout["extra"]["kazakh"] <= 1.0
         assert heldout["extra"]["answer_words"] >= 0 and "chrf_signature" in heldout["extra"]
@@ -45,6 +46,11 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
         assert model["perplexity"]["bits_per_char"] > 0
         lines = (job_dir / "samples" / label / "kk_dastur_mc.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line)["doc_id"] for line in lines] == [0, 1, 2, 3]
+    # The judge (the bundled model itself here) compared the adapter's answers with the base's, both orders.
+    judged = results["models"]["adapter"]["tasks"]["kk_judge"]
+    assert judged["metric"] == "preference" and judged["chance"] == 0.5 and judged["extra"]["judged_against"] == "base"
+    records = (job_dir / "judge" / "adapter" / "kk_judge.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(records) == judged["n"] + judged["extra"]["unparsed"] and all(len(json.loads(r)["verdicts"]) == 2 for r in records)
     # The adapter really is another model: some log-likelihood differs.
     base, adapter = ([json.loads(line)["scores"] for line in (job_dir / "samples" / m / "kk_dastur_mc.jsonl").read_text().splitlines()]
                      for m in ("base", "adapter"))
@@ -61,6 +67,8 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     (run,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "evaluate"]
     assert run.data.metrics["base.kk_dastur_mc.acc"] == results["models"]["base"]["tasks"]["kk_dastur_mc"]["score"]
     assert "adapter.perplexity.bits_per_char" in run.data.metrics
+    assert {"adapter.kk_judge.preference", "adapter.kk_judge.win_rate", "base.kk_ifeval.inst_level_strict_acc",
+            "adapter.kk_tools.arg_accuracy", "base.kk_heldout.kazakh"} <= set(run.data.metrics)  # fmt: skip
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "results.json" in artifacts
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from kazhpc.config.messages import suggest
+from kazhpc.config.model import ModelConfig
 from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path
 from kazhpc.config.preprocess import SpecialTokenHandling
 
@@ -15,13 +16,13 @@ class EvalTaskConfig(Strict):
     """A task built from a user's file by config alone (kazhpc.evaluation.suite)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="the task's name in results and reports")
-    kind: Literal["mc", "translation", "ifeval", "open", "tool"]
+    kind: Literal["mc", "translation", "ifeval", "open", "tool", "judge"]
     path: str | None = Field(
         None,
         description="JSONL / JSON / CSV / Parquet: mc rows {question, choices, answer (index or letter)}; "
         "translation rows with one field per language (names changed by columns); ifeval rows {key, prompt, "
         "instruction_id_list, kwargs} (default: kazhpc's Kazakh prompts, kazhpc/resources/kk-ifeval.jsonl); open rows "
-        "{prompt, reference} (default: the held-out split of the preprocess stage before this evaluation); tool rows "
+        "{prompt, reference} (judge: {prompt}; default for both: the held-out split of the preprocess stage before this evaluation); tool rows "
         "{query, tools, answers} as in xLAM (default: kazhpc's Kazakh queries, kazhpc/resources/kk-tools.jsonl)",
     )
     source_lang: str = Field("kk", description="translation: field (language code) of the source text")
@@ -41,6 +42,13 @@ class EvalTaskConfig(Strict):
         None, gt=0, description="tokens generated at most (default: translation 64, ifeval 512, open 256, tool 128)"
     )
 
+    judge: ModelConfig | None = Field(
+        None, description="judge: the model that compares answers (default: the pipeline's model; on a cluster "
+        "typically a larger one, e.g. {name: judge, source: google/gemma-3-27b-it})",
+    )
+    rubric: str | None = Field(None, description="judge: the instruction the judge reads (default: kazhpc's Kazakh rubric)")
+    judge_max_tokens: int = Field(4, gt=0, description="judge: tokens of each verdict (A, B or T)")
+
     @field_validator("path")
     @classmethod
     def _absolute(cls, path: str | None) -> str | None:
@@ -48,16 +56,18 @@ class EvalTaskConfig(Strict):
 
     @model_validator(mode="after")
     def _mapping(self) -> EvalTaskConfig:
-        if self.path is None and self.kind not in ("ifeval", "open", "tool"):
+        if self.kind != "judge" and (self.judge is not None or self.rubric is not None):
+            raise ValueError("judge and rubric are for kind: judge")
+        if self.path is None and self.kind not in ("ifeval", "open", "tool", "judge"):
             raise ValueError(f"path: required for kind: {self.kind}")
         layout = {"ifeval": "the IFEval schema", "tool": "xLAM's layout"}.get(self.kind)
         if layout and (self.columns or self.instruction or self.answer_format != "auto"):
             raise ValueError(f"kind: {self.kind} reads {layout} as it is (no columns, instruction or answer_format)")
         if layout:
             return self
-        known = {"mc": ("question", "choices", "answer"), "open": ("prompt", "reference")}.get(
+        known = {"mc": ("question", "choices", "answer"), "open": ("prompt", "reference"), "judge": ("prompt",)}.get(
             self.kind, (self.source_lang, self.target_lang))  # fmt: skip
-        if self.kind == "open" and self.columns and self.path is None:
+        if self.kind in ("open", "judge") and self.columns and self.path is None:
             raise ValueError("columns: the held-out split (no path) has its own fields; columns map a file's")
         for key, column in self.columns.items():
             if key not in known:
@@ -69,7 +79,7 @@ class EvalTaskConfig(Strict):
                 raise ValueError("columns.choices: a list names two or more different columns, one per choice")
             if any(not c.strip() for c in (column if several else [column])):
                 raise ValueError(f"columns.{key}: empty column name")
-        if self.kind in ("translation", "open") and self.answer_format != "auto":
+        if self.kind in ("translation", "open", "judge") and self.answer_format != "auto":
             raise ValueError("answer_format is for kind: mc")
         if self.kind == "translation" and self.source_lang == self.target_lang:
             raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'")
@@ -160,6 +170,10 @@ class EvaluateConfig(Strict):
         if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"baseline: '{self.baseline}' is not a model label{suggest(self.baseline, labels)}")
         return self
+
+    def judge_tasks(self) -> list[EvalTaskConfig]:
+        """The judge tasks: their merge loads the judge model (on SLURM it gets the stage's GPUs)."""
+        return [t for t in self.tasks if isinstance(t, EvalTaskConfig) and t.kind == "judge"]
 
     def local_files(self) -> list[str]:
         """Every local file this job reads (what preprocess decontaminates training data against)."""

@@ -65,7 +65,10 @@ def task_entry(task: Any, spec: TaskSpec, rows: list[dict[str, Any]], bootstrap_
     published = (spec.config.get("metadata") or {}).get("random_baseline")
     if published is not None:
         extra["random_baseline_published"] = published
-    if builder in ("ifeval", "tool"):
+    if builder == "judge":  # the answers' facts; the judged preference replaces them (kazhpc.evaluation.judge)
+        chance = None
+        extra["proportion"] = True
+    elif builder in ("ifeval", "tool"):
         chance = echo_floor(task, first, primary)
         extra.update(proportion=True, chance_is="the prompt echoed back as the answer")
     else:

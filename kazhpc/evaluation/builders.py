@@ -206,7 +206,7 @@ def render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
 
         check_tool_row(row)
         return
-    if task.kind == "open":
+    if task.kind in ("open", "judge"):
         from kazhpc.evaluation.open_answers import check_row as check_open_row
 
         check_open_row(task, row)

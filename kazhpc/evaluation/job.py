@@ -34,6 +34,13 @@ def preflight(cfg: PipelineConfig) -> list[str]:
 
     parse_source(cfg.model.source)
     suite = suite_mod.preflight(cfg.evaluate)
+    for spec in suite.tasks:  # a judge that cannot be loaded fails here, not after every shard
+        judge = spec.builder.judge if spec.builder is not None else None
+        if judge is not None:
+            try:
+                parse_source(judge.source)
+            except KazhpcError as exc:
+                raise KazhpcError(f"evaluate.tasks[{spec.name}].judge.source: {exc}") from None
     for model in cfg.evaluate.models:
         if model.kind != "base" and model.adapter is not None:
             check_adapter(Path(model.adapter), model.label)
@@ -115,7 +122,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     results = run_parts_then_merge(ctx.job_dir.name, ctx.job_dir, count,
                                    lambda i: evaluate_part(cfg.evaluate, cfg.cache_root, models, ctx.job_dir, i, count,
                                                            ctx.upstream_dir("preprocess")),
-                                   lambda: merge(cfg.evaluate, ctx.job_dir, count), ctx.inputs)
+                                   lambda: merge(cfg.evaluate, ctx.job_dir, count, (cfg.cache_root, cfg.model)), ctx.inputs)
     results_file = ctx.job_dir / "results.json"
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     ctx.tracking.log_artifact(results_file)

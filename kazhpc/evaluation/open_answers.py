@@ -56,9 +56,18 @@ def process_results(doc: dict[str, Any], results: list[str], *, reference: str) 
     return {"chrf_item": chrf, "kazakh": in_language(answer, "kk"), "answer_words": word_count(answer)}
 
 
+def answer_stats(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
+    """A judge task's per-item facts (it has no reference): Kazakh or not, length in words."""
+    answer = results[0].strip()
+    return {"kazakh": in_language(answer, "kk"), "answer_words": word_count(answer)}
+
+
 def open_config(task: EvalTaskConfig, data_file: str) -> dict[str, Any]:
-    """An lm-eval generate_until task over prompt / reference rows, asked through the chat template."""
+    """An lm-eval generate_until task over prompt / reference rows, asked through the chat template.
+    A ``judge`` task is the same generation without references (kazhpc.evaluation.judge scores it)."""
     prompt, reference = str(task.column("prompt")), str(task.column("reference"))
+    judge = task.kind == "judge"
+    metrics = ("kazakh", "answer_words") if judge else ITEM_METRICS
     return {
         "task": task.name,
         "dataset_path": "json",
@@ -67,17 +76,18 @@ def open_config(task: EvalTaskConfig, data_file: str) -> dict[str, Any]:
         "output_type": "generate_until",
         "num_fewshot": 0,
         "doc_to_text": functools.partial(_text, name=prompt),
-        "doc_to_target": functools.partial(_text, name=reference),
+        "doc_to_target": functools.partial(_text, name=prompt if judge else reference),  # judge: unused
         "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": task.max_gen_toks or 256},
-        "process_results": functools.partial(process_results, reference=reference),
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": m != "answer_words"} for m in ITEM_METRICS],
-        "metadata": {"version": 1.0, "builder": "open", "chat": True, "prompt_field": prompt},
+        "process_results": answer_stats if judge else functools.partial(process_results, reference=reference),
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": m != "answer_words"} for m in metrics],
+        "metadata": {"version": 1.0, "builder": task.kind, "chat": True, "prompt_field": prompt},
     }
 
 
 def check_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
     _text(row, name=str(task.column("prompt")))
-    _text(row, name=str(task.column("reference")))
+    if task.kind == "open":
+        _text(row, name=str(task.column("reference")))
 
 
 def open_entry(rows: list[dict[str, Any]], task: Any, prompt_field: str) -> dict[str, Any]:

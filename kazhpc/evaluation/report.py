@@ -34,6 +34,10 @@ _METRICS_PER_CALL = 500
 # MLflow.
 
 
+#: Figures in a task entry's extra that are logged as metrics of their own.
+EXTRA_METRICS = ("kazakh", "answer_words", "chrf_item", "win_rate", "tie_rate", "loss_rate", "unparsed")
+
+
 def metric_name(*parts: str) -> str:
     """An MLflow-safe metric name: parts joined by '.', characters MLflow refuses replaced by '_'."""
     name = ".".join(re.sub(r"[^\w.\-]", "_", p) for p in parts)
@@ -53,6 +57,10 @@ def flat_metrics(results: EvalResults, diffs: list[Difference]) -> dict[str, flo
             for m in CORPUS_METRICS:
                 if m != e.metric and isinstance(e.extra.get(m), (int, float)):
                     out[metric_name(label, task, m)] = float(e.extra[m])
+            for key in EXTRA_METRICS:  # an open or judge task's per-item means, a judge's rates
+                value = e.extra.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != e.metric:
+                    out[metric_name(label, task, key)] = float(value)
             for key, value in e.extra.items():  # lm-eval's other metrics ("acc_norm,none", IFEval's levels)
                 metric, _, filt = key.partition(",")
                 if filt and not metric.endswith("_stderr") and isinstance(value, (int, float)) and math.isfinite(value):

@@ -42,7 +42,7 @@ from kazhpc.partfiles import (
 )
 
 if TYPE_CHECKING:
-    from kazhpc.config import EvaluateConfig
+    from kazhpc.config import EvaluateConfig, ModelConfig
     from kazhpc.evaluation.models import ModelUnderTest
     from kazhpc.special_text import SpecialTexts
 
@@ -282,7 +282,7 @@ def _heldout(evaluate: EvaluateConfig, preprocess_dir: Path | None, job_dir: Pat
     from kazhpc.config import EvalTaskConfig
     from kazhpc.evaluation.open_answers import write_heldout
 
-    waiting = [t for t in evaluate.tasks if isinstance(t, EvalTaskConfig) and t.kind == "open" and t.path is None]
+    waiting = [t for t in evaluate.tasks if isinstance(t, EvalTaskConfig) and t.kind in ("open", "judge") and t.path is None]
     return write_heldout(preprocess_dir, job_dir, f"evaluate.tasks[{waiting[0].name}]") if waiting else None
 
 
@@ -296,8 +296,11 @@ def perplexity_texts(spec: str) -> list[str]:
 # Merge.
 
 
-def merge(evaluate: EvaluateConfig, job_dir: Path, count: int) -> dict[str, Any]:
-    """results.json content from the parts' per-document outputs; samples/<label>/<task>.jsonl written."""
+def merge(
+    evaluate: EvaluateConfig, job_dir: Path, count: int, judge_with: tuple[Path, ModelConfig] | None = None
+) -> dict[str, Any]:
+    """results.json content from the parts' per-document outputs; samples/<label>/<task>.jsonl written.
+    ``judge_with``: (cache root, the pipeline's model) where a judge task needs its judge loaded."""
     check_parts_done("evaluate", job_dir, count)
     plans = {json.loads((part_dir(job_dir, i, count) / "plan.json").read_text())["sha256"] for i in range(count)}
     if len(plans) != 1:
@@ -322,9 +325,10 @@ def merge(evaluate: EvaluateConfig, job_dir: Path, count: int) -> dict[str, Any]
     count_key = "excluded" if special["handling"] == "reject" else "neutralised"
     write_jsonl(job_dir / "rejects.jsonl", special_text_rejects(suite, tasks, special))
     models: dict[str, Any] = {}
+    rows_by_label: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for model_cfg in evaluate.models:
         label = model_cfg.label
-        per_task: dict[str, list[dict[str, Any]]] = {}
+        per_task: dict[str, list[dict[str, Any]]] = rows_by_label.setdefault(label, {})
         for spec in suite.tasks:
             rows: list[dict[str, Any]] = []
             for i in range(count):
@@ -351,6 +355,15 @@ def merge(evaluate: EvaluateConfig, job_dir: Path, count: int) -> dict[str, Any]
             "perplexity": json.loads(ppl_file.read_text()) if ppl_file.is_file() else None,
         }
     baseline = evaluate.baseline or (evaluate.models[0].label if len(evaluate.models) > 1 else None)
+    judges = [s for s in suite.tasks if s.builder is not None and s.builder.kind == "judge"]
+    if judges and baseline is not None and len(models) > 1:
+        from kazhpc.evaluation.judge import run_judges
+
+        if judge_with is None:
+            raise KazhpcError("evaluate: a judge task needs its judge model: merge(..., judge_with=(cache root, model))")
+        judged = run_judges(judges, tasks, rows_by_label, baseline, job_dir, *judge_with, evaluate.batch_size)
+        for label, entries in judged.items():
+            models[label]["tasks"].update(entries)
     return {"models": models, "baseline": baseline}
 
 

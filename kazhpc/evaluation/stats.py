@@ -203,6 +203,8 @@ def differences(job_dir: Path, results: EvalResults) -> tuple[list[Difference], 
         if label == base_label:
             continue
         for task, entry in scores.tasks.items():
+            if entry.extra.get("judged_against") == base_label:  # a judge's preference is the comparison itself
+                continue
             other = base.tasks.get(task)
             if other is None:
                 notes.append(f"{label} / {task}: the baseline {base_label} has no score for this task")

@@ -118,7 +118,7 @@ def resolve(cfg: EvaluateConfig, heldout: Path | None = None) -> Suite:
 
     for entry in names:
         if isinstance(entry, EvalTaskConfig):
-            if entry.kind == "open":
+            if entry.kind in ("open", "judge"):
                 data = entry.path or (str(heldout) if heldout is not None else None)
                 add(TaskSpec(entry.name, open_config(entry, data or HELDOUT_FILE), "builder", data, builder=entry))
                 continue
@@ -196,8 +196,8 @@ def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:
         key = f"evaluate.tasks[{spec.name}]" + (".columns" if task.columns else "")
         if task.kind == "ifeval":
             return {"prompt", "instruction_id_list", "kwargs"}, key
-        if task.kind == "open":
-            return {str(task.column("prompt")), str(task.column("reference"))}, key
+        if task.kind in ("open", "judge"):
+            return {str(task.column("prompt")), *([str(task.column("reference"))] if task.kind == "open" else [])}, key
         if task.kind == "tool":
             return {"query", "tools", "answers"}, key
         if task.kind == "translation":

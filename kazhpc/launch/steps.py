@@ -254,7 +254,10 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
         if n > 1 and spec.splits:
             part = container_step(cfg, cluster, f"{stage}-parts", [*run, "--shard", f'"$SLURM_ARRAY_TASK_ID/{n}"'], res,
                                   job=job, stage=stage, gpus=gpus, array=n, after=previous, warnings=warnings)
-            merge = container_step(cfg, cluster, stage, run, res.model_copy(update={"gpus": 0}), job=job, stage=stage, after=(part.name,))
+            # A merge only reads the parts, unless it loads a model itself (an evaluation's judge).
+            merge_gpus = gpus if job == "evaluate" and view.evaluate.judge_tasks() else 0
+            merge = container_step(cfg, cluster, stage, run, res.model_copy(update={"gpus": merge_gpus}), job=job,
+                                   stage=stage, gpus=merge_gpus, after=(part.name,))
             steps += [part, merge]
         elif spec.phased and tasks_of(view, job) > 1:
             steps += _phase_steps(view, stage, cluster, res, run, previous, warnings)
