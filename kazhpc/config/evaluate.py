@@ -131,6 +131,11 @@ class EvaluateConfig(Strict):
         "to an unsharded run); larger batches pad requests together, which moves bf16 log-likelihoods by "
         "rounding and can flip near-ties",
     )
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers through lm-eval's HFLM (every request checked: one <bos>, no stray "
+        "control token); vllm: lm-eval's vLLM model on GPU nodes where vllm is installed (faster generation, "
+        "LoRA applied by vLLM; no perplexity)",
+    )
     bootstrap_iters: int = Field(1000, ge=0, description="lm-eval's bootstrap draws for non-mean metrics' stderr")
     perplexity_texts: str | None = Field(
         "builtin:kk-sentences", description="held-out Kazakh text (one passage per line); null skips perplexity"
@@ -160,6 +165,12 @@ class EvaluateConfig(Strict):
     @classmethod
     def _absolute_texts(cls, value: str | None) -> str | None:
         return value if value is None or value.startswith("builtin:") else absolute_path(value)
+
+    @model_validator(mode="after")
+    def _vllm(self) -> EvaluateConfig:
+        if self.backend == "vllm" and self.perplexity_texts is not None:
+            raise ValueError("backend: vllm scores no perplexity (it needs the model's logits); set perplexity_texts: null")
+        return self
 
     @model_validator(mode="after")
     def _labels(self) -> EvaluateConfig:

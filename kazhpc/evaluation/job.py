@@ -33,6 +33,10 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
+    if cfg.evaluate.backend == "vllm":
+        from kazhpc.evaluation.models import check_vllm
+
+        check_vllm()
     suite = suite_mod.preflight(cfg.evaluate)
     for spec in suite.tasks:  # a judge that cannot be loaded fails here, not after every shard
         judge = spec.builder.judge if spec.builder is not None else None

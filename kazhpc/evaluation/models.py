@@ -139,3 +139,47 @@ def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str 
             return ids, mask
 
     return CheckedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=True)
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM (evaluate.backend: vllm): generation on GPU nodes where vLLM is installed.
+
+VLLM_MISSING = ("evaluate.backend: vllm: the vllm package is not installed here (install it in the GPU "
+                "container: pip install 'lm-eval[vllm]'); backend: hf runs everywhere")
+
+
+def check_vllm() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        raise KazhpcError(VLLM_MISSING)
+
+
+def vllm_args(model: ModelUnderTest, cache_root: Path) -> dict[str, Any]:
+    """lm-eval's ``VLLM`` arguments for one model under test: the base checkpoint folder (or hub
+    id), and the LoRA adapter, which vLLM applies itself; a merged model or an adapter that trained
+    embedding rows (an extended vocabulary) is refused, as vLLM's LoRA cannot apply those."""
+    import json
+
+    from kazhpc.models import materialize
+
+    args: dict[str, Any] = {"pretrained": materialize(model.base.source, cache_root), "revision": model.base.revision,
+                            "dtype": model.base.dtype, "add_bos_token": True, "batch_size": "auto"}  # fmt: skip
+    if model.adapter is None:
+        return args
+    if model.kind == "merged":
+        raise KazhpcError(f"evaluate.models[{model.label}]: kind merged with backend: vllm; use kind: adapter "
+                          "(vLLM applies the LoRA adapter itself) or backend: hf")  # fmt: skip
+    check_adapter(model.adapter, model.label)
+    adapter = json.loads((model.adapter / "adapter_config.json").read_text())
+    if adapter.get("trainable_token_indices") or adapter.get("modules_to_save"):
+        raise KazhpcError(f"evaluate.models[{model.label}]: the adapter trains embedding rows or whole modules, "
+                          "which vLLM's LoRA cannot apply; use backend: hf")  # fmt: skip
+    return {**args, "lora_local_path": str(model.adapter), "max_lora_rank": int(adapter.get("r", 16))}
+
+
+def vllm_lm(model: ModelUnderTest, cache_root: Path) -> Any:
+    check_vllm()
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM(**vllm_args(model, cache_root))

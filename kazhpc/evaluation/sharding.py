@@ -258,11 +258,16 @@ def run_part(
     skip = excluded_documents(info)
     checked: dict[str, int] = {}
     for model_cfg in models:
-        model, tokenizer = load_for_eval(model_cfg, cache_root)
-        lm = checked_lm(model, tokenizer, evaluate.batch_size, evaluate.special_tokens)
+        if evaluate.backend == "vllm":  # vLLM loads the weights itself; no perplexity (config-checked)
+            from kazhpc.evaluation.models import vllm_lm
+
+            model, lm = None, vllm_lm(model_cfg, cache_root)
+        else:
+            model, tokenizer = load_for_eval(model_cfg, cache_root)
+            lm = checked_lm(model, tokenizer, evaluate.batch_size, evaluate.special_tokens)
         for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
             write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
-        checked[model_cfg.label] = lm.bos_checked
+        checked[model_cfg.label] = getattr(lm, "bos_checked", 0)
         if index == 0 and evaluate.perplexity_texts is not None:
             from kazhpc.evaluation.perplexity import score_texts
 
