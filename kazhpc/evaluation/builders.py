@@ -49,6 +49,22 @@ def mc_config(task: EvalTaskConfig) -> dict[str, Any]:
     }
 
 
+def chat_generation(name: str, path: str, max_gen_toks: int, builder: str, meta: dict[str, Any] | None = None,
+                    **fields: Any) -> dict[str, Any]:  # fmt: skip
+    """A greedy generate_until task over a local file, its prompts asked through the chat template
+    (the instruction kinds: ifeval, open, tool, judge; kazhpc.evaluation.sharding applies it)."""
+    return {
+        "task": name,
+        **_data_file(path),
+        "test_split": "test",
+        "output_type": "generate_until",
+        "num_fewshot": 0,
+        "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": max_gen_toks},
+        **fields,
+        "metadata": {"version": 1.0, "builder": builder, "chat": True, **(meta or {})},
+    }
+
+
 def _data_file(path: str) -> dict[str, Any]:
     reader = _READERS.get(Path(path).suffix.lower(), "json")  # another suffix fails at preflight, named
     return {"dataset_path": reader, "dataset_kwargs": {"data_files": {"test": path}}}
@@ -196,21 +212,6 @@ def override_data(config: dict[str, Any], path: str) -> dict[str, Any]:
 
 def render_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
     """The checks lm-eval's rendering would make of one row of a builder task, with kazhpc's messages."""
-    if task.kind == "ifeval":
-        from kazhpc.evaluation.ifeval import check_row
-
-        check_row(row)
-        return
-    if task.kind == "tool":
-        from kazhpc.evaluation.tool_calls import check_row as check_tool_row
-
-        check_tool_row(row)
-        return
-    if task.kind in ("open", "judge"):
-        from kazhpc.evaluation.open_answers import check_row as check_open_row
-
-        check_open_row(task, row)
-        return
     if task.kind == "translation":
         _field(row, str(task.column(task.source_lang)))
         _field(row, str(task.column(task.target_lang)))

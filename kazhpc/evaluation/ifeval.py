@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from kazhpc.config import suggest
 from kazhpc.data.text import word_count
 from kazhpc.errors import KazhpcError
+from kazhpc.evaluation.builders import chat_generation
 from kazhpc.evaluation.prompts import BadItem
 
 if TYPE_CHECKING:
@@ -256,20 +257,10 @@ def ifeval_config(task: EvalTaskConfig) -> dict[str, Any]:
          "higher_is_better": True}
         for name in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
     ]  # fmt: skip
-    return {
-        "task": task.name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": path}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "num_fewshot": 0,
-        "doc_to_text": "prompt",
-        "doc_to_target": 0,
-        "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": task.max_gen_toks or 512},
-        "process_results": process_results,
-        "metric_list": metrics,
-        "metadata": {"version": 1.0, "builder": "ifeval", "chat": True},
-    }
+    return chat_generation(
+        task.name, path, task.max_gen_toks or 512, "ifeval",
+        doc_to_text="prompt", doc_to_target=0, process_results=process_results, metric_list=metrics,
+    )
 
 
 def _normal(value: Any) -> Any:

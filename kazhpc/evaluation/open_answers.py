@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kazhpc.data.text import word_count
 from kazhpc.errors import KazhpcError
+from kazhpc.evaluation.builders import chat_generation
 from kazhpc.evaluation.ifeval import in_language
 from kazhpc.evaluation.prompts import BadItem
 
@@ -68,20 +69,13 @@ def open_config(task: EvalTaskConfig, data_file: str) -> dict[str, Any]:
     prompt, reference = str(task.column("prompt")), str(task.column("reference"))
     judge = task.kind == "judge"
     metrics = ("kazakh", "answer_words") if judge else ITEM_METRICS
-    return {
-        "task": task.name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": data_file}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "num_fewshot": 0,
-        "doc_to_text": functools.partial(_text, name=prompt),
-        "doc_to_target": functools.partial(_text, name=prompt if judge else reference),  # judge: unused
-        "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": task.max_gen_toks or 256},
-        "process_results": answer_stats if judge else functools.partial(process_results, reference=reference),
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": m != "answer_words"} for m in metrics],
-        "metadata": {"version": 1.0, "builder": task.kind, "chat": True, "prompt_field": prompt},
-    }
+    return chat_generation(
+        task.name, data_file, task.max_gen_toks or 256, task.kind, {"prompt_field": prompt},
+        doc_to_text=functools.partial(_text, name=prompt),
+        doc_to_target=functools.partial(_text, name=prompt if judge else reference),  # judge: unused
+        process_results=answer_stats if judge else functools.partial(process_results, reference=reference),
+        metric_list=[{"metric": m, "aggregation": "mean", "higher_is_better": m != "answer_words"} for m in metrics],
+    )
 
 
 def check_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:

@@ -48,9 +48,12 @@ from kazhpc.evaluation.catalog import (
 )  # fmt: skip
 
 from kazhpc.evaluation.ifeval import builtin_path as ifeval_builtin
+from kazhpc.evaluation.ifeval import check_row as check_ifeval_row
 from kazhpc.evaluation.ifeval import ifeval_config
 from kazhpc.evaluation.open_answers import HELDOUT_FILE, open_config
+from kazhpc.evaluation.open_answers import check_row as check_open_row
 from kazhpc.evaluation.tool_calls import builtin_path as tool_builtin
+from kazhpc.evaluation.tool_calls import check_row as check_tool_row
 from kazhpc.evaluation.tool_calls import tool_config
 
 if TYPE_CHECKING:
@@ -182,11 +185,23 @@ def check_local_file(spec: TaskSpec) -> list[str]:
                 raise KazhpcError(f"{path}: {key}: {problem}")
         if spec.builder is not None:
             try:
-                render_builder_row(spec.builder, row.data)
+                check_builder_row(spec.builder, row.data)
             except prompts.BadItem as exc:
                 raise KazhpcError(f"{row.origin}: task {spec.name}: {exc}") from None
         origins.append(row.origin)
     return origins
+
+
+def check_builder_row(task: EvalTaskConfig, row: dict[str, Any]) -> None:
+    """A builder task's checks of one row of its file (prompts.BadItem says what is wrong)."""
+    if task.kind == "ifeval":
+        check_ifeval_row(row)
+    elif task.kind == "tool":
+        check_tool_row(row)
+    elif task.kind in ("open", "judge"):
+        check_open_row(task, row)
+    else:
+        render_builder_row(task, row)
 
 
 def _columns_read(spec: TaskSpec, present: list[str]) -> tuple[set[str], str]:

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.data.tools import BadTool, calls_list, parse_calls, query_prompt, render_calls, tools_list
+from kazhpc.evaluation.builders import chat_generation
 from kazhpc.evaluation.prompts import BadItem
 
 if TYPE_CHECKING:
@@ -70,21 +71,11 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 
 def tool_config(task: EvalTaskConfig) -> dict[str, Any]:
-    path = task.path or builtin_path()
-    return {
-        "task": task.name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": path}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "num_fewshot": 0,
-        "doc_to_text": _prompt,
-        "doc_to_target": _target,
-        "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": task.max_gen_toks or 128},
-        "process_results": process_results,
-        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in METRICS],
-        "metadata": {"version": 1.0, "builder": "tool", "chat": True},
-    }
+    return chat_generation(
+        task.name, task.path or builtin_path(), task.max_gen_toks or 128, "tool",
+        doc_to_text=_prompt, doc_to_target=_target, process_results=process_results,
+        metric_list=[{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in METRICS],
+    )
 
 
 def check_row(row: dict[str, Any]) -> None:
