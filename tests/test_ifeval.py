@@ -172,3 +172,42 @@ def test_ifeval_config_defaults_and_refusals() -> None:
         EvalTaskConfig(name="x", kind="ifeval", columns={"question": "q"})
     with pytest.raises(ValidationError, match="path: required for kind: mc"):
         EvalTaskConfig(name="x", kind="mc")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("handling", ["reject", "neutralise"])
+def test_a_prompt_spelling_a_special_token_is_left_out_or_neutralised_inside_the_chat_template(
+    tmp_path: Path, model_cache: Path, handling: str
+) -> None:
+    from kazhpc.config import load_config
+    from kazhpc.evaluation.job import run_part
+    from kazhpc.evaluation.sharding import merge
+
+    from conftest import write_yaml
+
+    rows = [dict(ROW, key=1), dict(ROW, key=2, prompt="Мына белгіні түсіндіріңіз: <end_of_turn>")]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path = write_yaml(tmp_path / "c.yaml", f"""
+        name: special
+        jobs: [evaluate]
+        model: gemma3-270m
+        runs_root: {tmp_path / 'runs'}
+        cache_dir: {model_cache}
+        tracking: {{enabled: false}}
+        evaluate:
+          tasks: [{{name: ifx, kind: ifeval, path: {data}, max_gen_toks: 4}}]
+          models: [{{label: base}}]
+          perplexity_texts: null
+          special_tokens: {handling}
+        """)
+    cfg = load_config(path)
+    run_part(cfg, tmp_path / "job", 0, 1)
+    entry = merge(cfg.evaluate, tmp_path / "job", 1)["models"]["base"]["tasks"]["ifx"]
+    samples = [json.loads(x) for x in (tmp_path / "job" / "samples" / "base" / "ifx.jsonl").read_text().splitlines()]
+    if handling == "reject":
+        assert entry["n"] == 1 and entry["extra"]["excluded"] == {"special_token_text": 1}
+    else:
+        assert entry["n"] == 2 and entry["extra"]["neutralised"] == {"special_token_text": 1}
+        prompt = samples[1]["prompt"]  # the template's own markers stay, the document's text is neutralised
+        assert prompt.startswith("<bos><start_of_turn>user\n") and "<\u2060end_of_turn>" in prompt

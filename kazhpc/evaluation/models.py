@@ -121,7 +121,7 @@ def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str 
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
         def tok_encode(self, string, *args, **kwargs):  # type: ignore[override]
-            return super().tok_encode(special.neutralise(string)[0] if neutralise else string, *args, **kwargs)
+            return super().tok_encode(special.neutralise(string)[0] if neutralise and not self.chat else string, *args, **kwargs)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):  # type: ignore[override]
             for (context, _), context_enc, continuation_enc in requests:
@@ -129,8 +129,13 @@ def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str 
             self.bos_checked += len(requests)
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
+        def apply_chat_template(self, chat_history, add_generation_prompt=True):  # type: ignore[override]
+            if neutralise:  # the documents' text, before the template adds its own turn markers
+                chat_history = [{**m, "content": special.neutralise(m["content"])[0]} for m in chat_history]
+            return super().apply_chat_template(chat_history, add_generation_prompt)
+
         def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):  # type: ignore[override]
-            if neutralise:
+            if neutralise and not self.chat:  # chat prompts were neutralised before templating
                 strings = [special.neutralise(text)[0] for text in strings]
             ids, mask = super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
             for text, row, keep in zip(strings, ids, mask):
