@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,7 @@ def write_heldout(preprocess_dir: Path | None, job_dir: Path, owner: str) -> Pat
     path = job_dir / HELDOUT_FILE
     for name, text in ((HELDOUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
                        ("heldout.json", json.dumps({"from": str(preprocess_dir), "rows": len(rows), "left_out": {"multi_turn": multi}}, indent=1))):  # fmt: skip
-        tmp = job_dir / f".{name}.{os.getpid()}"
+        tmp = job_dir / f".{name}.{socket.gethostname()}.{os.getpid()}"  # array tasks on several nodes
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, job_dir / name)
     return path
