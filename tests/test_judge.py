@@ -107,3 +107,26 @@ def test_a_judge_that_cannot_be_loaded_is_named_at_preflight(tmp_path: Path) -> 
         """)
     with pytest.raises(KazhpcError, match=r"evaluate.tasks\[kk_judge\].judge.source: .*no-model"):
         preflight(load_config(path))
+
+
+def test_a_hub_judge_missing_from_the_cache_stops_an_offline_preflight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kazhpc.config import load_config
+    from kazhpc.errors import KazhpcError
+    from kazhpc.evaluation.job import preflight
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    path = write_yaml(tmp_path / "j.yaml", f"""
+        name: judging
+        jobs: [evaluate]
+        model: gemma3-270m
+        runs_root: {tmp_path / 'runs'}
+        tracking: {{enabled: false}}
+        evaluate:
+          tasks: [{{name: kk_judge, kind: judge, path: {FIX / 'open_kk.jsonl'}, judge: {{name: judge, source: google/gemma-3-27b-it}}}}]
+          models: [{{label: base}}, {{label: again}}]
+        """)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert any("google/gemma-3-27b-it is not in the local hub cache: the merge downloads it" in w for w in preflight(load_config(path)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KazhpcError, match="not in the local hub cache and HF_HUB_OFFLINE=1"):
+        preflight(load_config(path))

@@ -33,6 +33,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
+    warnings_early: list[str] = []
     if cfg.evaluate.backend == "vllm":
         from kazhpc.evaluation.models import check_vllm
 
@@ -42,9 +43,14 @@ def preflight(cfg: PipelineConfig) -> list[str]:
         judge = spec.builder.judge if spec.builder is not None else None
         if judge is not None:
             try:
-                parse_source(judge.source)
+                source = parse_source(judge.source)
             except KazhpcError as exc:
                 raise KazhpcError(f"evaluate.tasks[{spec.name}].judge.source: {exc}") from None
+            if source.kind == "hub" and not _hub_cached(source.ref, judge.revision):
+                where = f"evaluate.tasks[{spec.name}].judge.source: {source.ref} is not in the local hub cache"
+                if os.environ.get("HF_HUB_OFFLINE") == "1":
+                    raise KazhpcError(f"{where} and HF_HUB_OFFLINE=1; download it on a login node first")
+                warnings_early.append(f"{where}: the merge downloads it")
     for model in cfg.evaluate.models:
         if model.kind != "base" and model.adapter is not None:
             check_adapter(Path(model.adapter), model.label)
@@ -54,12 +60,18 @@ def preflight(cfg: PipelineConfig) -> list[str]:
         from kazhpc.evaluation.generations import read_prompts
 
         read_prompts(Path(cfg.evaluate.generation_prompts))
-    warnings = []
+    warnings = warnings_early
     if os.environ.get("HF_DATASETS_OFFLINE") != "1":
         hub = [s.name for s in suite.tasks if s.data_file is None]
         if hub:
             warnings.append(f"tasks {', '.join(hub)} read their hub data sets (cached in HF_HOME, else downloaded)")
     return warnings
+
+
+def _hub_cached(repo: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
 
 
 def models_under_test(cfg: PipelineConfig, train_dir: Path | None) -> list[ModelUnderTest]:

@@ -3,7 +3,7 @@
 Each prompt goes through the model's chat template and is answered greedily. The task's score is
 sacrebleu's corpus chrF++ with its signature and a bootstrap interval, computed exactly as a
 translation's score is (kazhpc.evaluation.translation), and BLEU is beside it. Per item it keeps
-the sentence chrF++, whether lingua calls the answer Kazakh, and the answer's length in kazhpc
+the sentence chrF++ and BLEU (effective order, for short answers), whether lingua calls the answer Kazakh, and the answer's length in kazhpc
 words. The report shows the Kazakh share and the mean length next to the score, because an
 answer in Russian or an empty answer would otherwise read as a low chrF++ and nothing more. The
 *chance* of the task is the chrF++ of echoing each prompt back as its answer.
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 HELDOUT_FILE = "heldout.jsonl"
 #: Per-item metrics (means over items, in the task's extra) beside the corpus chrF++ headline.
-ITEM_METRICS = ("chrf_item", "kazakh", "answer_words")
+ITEM_METRICS = ("chrf_item", "bleu_item", "kazakh", "answer_words")
 
 
 def _text(doc: dict[str, Any], *, name: str) -> str:
@@ -49,13 +49,14 @@ def _text(doc: dict[str, Any], *, name: str) -> str:
 
 def process_results(doc: dict[str, Any], results: list[str], *, reference: str) -> dict[str, Any]:
     """Per item: sentence chrF++ (sacrebleu), whether the answer is Kazakh, its length in words."""
-    from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics import BLEU, CHRF
 
-    from kazhpc.evaluation.translation import CHRF_WORD_ORDER
+    from kazhpc.evaluation.translation import BLEU_TOKENIZE, CHRF_WORD_ORDER
 
-    answer = results[0].strip()
-    chrf = CHRF(word_order=CHRF_WORD_ORDER).sentence_score(answer, [_text(doc, name=reference)]).score
-    return {"chrf_item": chrf, "kazakh": in_language(answer, "kk"), "answer_words": word_count(answer)}
+    answer, ref = results[0].strip(), [_text(doc, name=reference)]
+    chrf = CHRF(word_order=CHRF_WORD_ORDER).sentence_score(answer, ref).score
+    bleu = BLEU(tokenize=BLEU_TOKENIZE, effective_order=True).sentence_score(answer, ref).score
+    return {"chrf_item": chrf, "bleu_item": bleu, "kazakh": in_language(answer, "kk"), "answer_words": word_count(answer)}
 
 
 def answer_stats(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:

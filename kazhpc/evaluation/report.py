@@ -35,7 +35,7 @@ _METRICS_PER_CALL = 500
 
 
 #: Figures in a task entry's extra that are logged as metrics of their own.
-EXTRA_METRICS = ("kazakh", "answer_words", "chrf_item", "win_rate", "tie_rate", "loss_rate", "unparsed")
+EXTRA_METRICS = ("kazakh", "answer_words", "chrf_item", "bleu_item", "win_rate", "tie_rate", "loss_rate", "unparsed")
 
 
 def metric_name(*parts: str) -> str:
