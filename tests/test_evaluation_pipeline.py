@@ -67,8 +67,10 @@ def test_smoke_pipeline_evaluates_base_and_adapter_with_chance_baselines(smoke_r
     (run,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "evaluate"]
     assert run.data.metrics["base.kk_dastur_mc.acc"] == results["models"]["base"]["tasks"]["kk_dastur_mc"]["score"]
     assert "adapter.perplexity.bits_per_char" in run.data.metrics
-    assert {"adapter.kk_judge.preference", "adapter.kk_judge.win_rate", "base.kk_ifeval.inst_level_strict_acc",
+    assert {"adapter.kk_judge.preference", "adapter.kk_judge.unparsed", "base.kk_ifeval.inst_level_strict_acc",
             "adapter.kk_tools.arg_accuracy", "base.kk_heldout.kazakh"} <= set(run.data.metrics)  # fmt: skip
+    judged = results["models"]["adapter"]["tasks"]["kk_judge"]  # the 270M judge rarely answers A, B or T
+    assert ("adapter.kk_judge.win_rate" in run.data.metrics) == (judged["n"] > 0)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "results.json" in artifacts
 

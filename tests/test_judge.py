@@ -44,7 +44,8 @@ def test_rates_and_preference_have_bootstrap_intervals_and_unparsed_are_counted_
     assert entry["score"] == pytest.approx(0.7)  # win + tie / 2
     low, high = extra["preference_ci95"]
     assert low < 0.7 < high and 0.0 < entry["stderr"] < 0.2
-    assert judged_entry([{"outcome": "unparsed"}], "j", "base")["n"] == 0
+    none = judged_entry([{"outcome": "unparsed"}], "j", "base")
+    assert none["n"] == 0 and none["extra"]["win_rate"] is None and none["extra"]["unparsed"] == 1
 
 
 @pytest.mark.slow

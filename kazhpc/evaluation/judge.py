@@ -85,7 +85,7 @@ def judged_entry(records: list[dict[str, Any]], judge: str, baseline: str, boots
     extra: dict[str, Any] = {"judge": judge, "judged_against": baseline, "unparsed": len(records) - len(decided),
                              "proportion": True, "chance_is": "an indifferent judge"}  # fmt: skip
     if not decided:
-        extra.update({o: None for o in OUTCOMES})
+        extra.update({f"{o}_rate": None for o in OUTCOMES})
         return {"metric": "preference", "score": 0.5, "stderr": None, "n": 0, "chance": 0.5,
                 "higher_is_better": True, "extra": {**extra, "no_verdict": True}}  # fmt: skip
     table = np.array([[o == name for name in OUTCOMES] for o in decided], dtype="float64")
