@@ -91,23 +91,27 @@ def test_the_bundled_model_judges_two_models_in_both_orders(tmp_path: Path, mode
         merge(cfg.evaluate, tmp_path / "job", 1)
 
 
+def judged_by(tmp: Path, source: str) -> Path:
+    """An evaluate-only config whose judge task names ``source`` as its judge."""
+    return write_yaml(tmp / "j.yaml", f"""
+        name: judging
+        jobs: [evaluate]
+        model: gemma3-270m
+        runs_root: {tmp / 'runs'}
+        tracking: {{enabled: false}}
+        evaluate:
+          tasks: [{{name: kk_judge, kind: judge, path: {FIX / 'open_kk.jsonl'}, judge: {{name: judge, source: {source}}}}}]
+          models: [{{label: base}}, {{label: again}}]
+        """)
+
+
 def test_a_judge_that_cannot_be_loaded_is_named_at_preflight(tmp_path: Path) -> None:
     from kazhpc.config import load_config
     from kazhpc.errors import KazhpcError
     from kazhpc.evaluation.job import preflight
 
-    path = write_yaml(tmp_path / "j.yaml", f"""
-        name: judging
-        jobs: [evaluate]
-        model: gemma3-270m
-        runs_root: {tmp_path / 'runs'}
-        tracking: {{enabled: false}}
-        evaluate:
-          tasks: [{{name: kk_judge, kind: judge, path: {FIX / 'open_kk.jsonl'}, judge: {{name: judge, source: {tmp_path / 'no-model'}}}}}]
-          models: [{{label: base}}, {{label: again}}]
-        """)
     with pytest.raises(KazhpcError, match=r"evaluate.tasks\[kk_judge\].judge.source: .*no-model"):
-        preflight(load_config(path))
+        preflight(load_config(judged_by(tmp_path, str(tmp_path / "no-model"))))
 
 
 def test_a_hub_judge_missing_from_the_cache_stops_an_offline_preflight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,16 +120,7 @@ def test_a_hub_judge_missing_from_the_cache_stops_an_offline_preflight(tmp_path:
     from kazhpc.evaluation.job import preflight
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    path = write_yaml(tmp_path / "j.yaml", f"""
-        name: judging
-        jobs: [evaluate]
-        model: gemma3-270m
-        runs_root: {tmp_path / 'runs'}
-        tracking: {{enabled: false}}
-        evaluate:
-          tasks: [{{name: kk_judge, kind: judge, path: {FIX / 'open_kk.jsonl'}, judge: {{name: judge, source: google/gemma-3-27b-it}}}}]
-          models: [{{label: base}}, {{label: again}}]
-        """)
+    path = judged_by(tmp_path, "google/gemma-3-27b-it")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert any("google/gemma-3-27b-it is not in the local hub cache: the merge downloads it" in w for w in preflight(load_config(path)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
