@@ -33,24 +33,12 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.models import parse_source
 
     parse_source(cfg.model.source)
-    warnings_early: list[str] = []
     if cfg.evaluate.backend == "vllm":
         from kazhpc.evaluation.models import check_vllm
 
         check_vllm()
     suite = suite_mod.preflight(cfg.evaluate)
-    for spec in suite.tasks:  # a judge that cannot be loaded fails here, not after every shard
-        judge = spec.builder.judge if spec.builder is not None else None
-        if judge is not None:
-            try:
-                source = parse_source(judge.source)
-            except KazhpcError as exc:
-                raise KazhpcError(f"evaluate.tasks[{spec.name}].judge.source: {exc}") from None
-            if source.kind == "hub" and not _hub_cached(source.ref, judge.revision):
-                where = f"evaluate.tasks[{spec.name}].judge.source: {source.ref} is not in the local hub cache"
-                if os.environ.get("HF_HUB_OFFLINE") == "1":
-                    raise KazhpcError(f"{where} and HF_HUB_OFFLINE=1; download it on a login node first")
-                warnings_early.append(f"{where}: the merge downloads it")
+    warnings = _check_judges(cfg.evaluate)
     for model in cfg.evaluate.models:
         if model.kind != "base" and model.adapter is not None:
             check_adapter(Path(model.adapter), model.label)
@@ -60,11 +48,31 @@ def preflight(cfg: PipelineConfig) -> list[str]:
         from kazhpc.evaluation.generations import read_prompts
 
         read_prompts(Path(cfg.evaluate.generation_prompts))
-    warnings = warnings_early
     if os.environ.get("HF_DATASETS_OFFLINE") != "1":
         hub = [s.name for s in suite.tasks if s.data_file is None]
         if hub:
             warnings.append(f"tasks {', '.join(hub)} read their hub data sets (cached in HF_HOME, else downloaded)")
+    return warnings
+
+
+def _check_judges(evaluate: Any) -> list[str]:
+    """A judge that cannot be loaded fails at preflight, not in the merge after every shard ran;
+    a hub judge not yet downloaded is a warning online and an error offline."""
+    from kazhpc.models import parse_source
+
+    warnings = []
+    for task in evaluate.judge_tasks():
+        if task.judge is None:
+            continue
+        try:
+            source = parse_source(task.judge.source)
+        except KazhpcError as exc:
+            raise KazhpcError(f"evaluate.tasks[{task.name}].judge.source: {exc}") from None
+        if source.kind == "hub" and not _hub_cached(source.ref, task.judge.revision):
+            where = f"evaluate.tasks[{task.name}].judge.source: {source.ref} is not in the local hub cache"
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise KazhpcError(f"{where} and HF_HUB_OFFLINE=1; download it on a login node first")
+            warnings.append(f"{where}: the merge downloads it")
     return warnings
 
 

@@ -6,10 +6,11 @@ A task in ``evaluate.tasks`` is one of:
   columns; ``kk-leaderboard`` names them all);
 * a task lm-eval ships (``belebele_kaz_Cyrl``, ``include_base_44_kazakh``, ...);
 * a builder, driven by config alone: ``kind: mc`` (a user's file of question, choices, answer),
-  ``kind: translation`` (a parallel file; generate, then BLEU and chrF++) or ``kind: ifeval``
+  ``kind: translation`` (a parallel file; generate, then BLEU and chrF++), ``kind: ifeval``
   (Kazakh verifiable instructions, kazhpc.evaluation.ifeval), ``kind: open`` (free answers
-  against references; kazhpc.evaluation.open_answers) or ``kind: tool`` (function calls;
-  kazhpc.evaluation.tool_calls). ``columns`` maps those
+  against references, kazhpc.evaluation.open_answers), ``kind: tool`` (function calls,
+  kazhpc.evaluation.tool_calls) or ``kind: judge`` (a judge model's pairwise preference,
+  kazhpc.evaluation.judge). ``columns`` maps those
   fields to the file's own column names (a COPA-style ``premise``, ``choice1``, ``choice2``,
   ``label``; a corpus with ``Kazakh`` and ``English`` columns), ``answer_format`` says how the
   answer names its choice (0-based index, letter, 1-based number).
