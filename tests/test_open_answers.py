@@ -108,3 +108,24 @@ def test_an_open_task_without_a_path_waits_for_the_run_and_refuses_columns() -> 
     assert spec.config["dataset_kwargs"]["data_files"]["test"] == spec.data_file
     with pytest.raises(ValidationError, match="the held-out split .* has its own fields"):
         EvalTaskConfig(name="x", kind="open", columns={"prompt": "q"})
+
+
+def test_a_task_waiting_for_the_heldout_split_is_not_called_a_hub_data_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_yaml
+    from kazhpc.config import load_config
+    from kazhpc.evaluation.job import preflight
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    path = write_yaml(tmp_path / "c.yaml", f"""
+        name: heldout
+        jobs: [preprocess, evaluate]
+        model: gemma3-270m
+        runs_root: {tmp_path / 'runs'}
+        tracking: {{enabled: false}}
+        preprocess: {{sources: [{{name: qa, kind: custom, path: {REPO / 'tests/fixtures/data/custom_qa.csv'}, columns: {{prompt: suraq, response: zhauap}}}}]}}
+        evaluate:
+          tasks: [{{name: kk_heldout, kind: open}}, belebele_kaz_Cyrl]
+          perplexity_texts: null
+        """)
+    said = " ".join(preflight(load_config(path)))
+    assert "belebele_kaz_Cyrl" in said and "kk_heldout" not in said

@@ -49,7 +49,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
 
         read_prompts(Path(cfg.evaluate.generation_prompts))
     if os.environ.get("HF_DATASETS_OFFLINE") != "1":
-        hub = [s.name for s in suite.tasks if s.data_file is None]
+        hub = [s.name for s in suite.tasks if s.data_file is None and s.builder is None]  # not a held-out split
         if hub:
             warnings.append(f"tasks {', '.join(hub)} read their hub data sets (cached in HF_HOME, else downloaded)")
     return warnings
