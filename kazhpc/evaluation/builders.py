@@ -49,6 +49,13 @@ def mc_config(task: EvalTaskConfig) -> dict[str, Any]:
     }
 
 
+def shipped_file(name: str) -> str:
+    """The path of a task file kazhpc ships in ``kazhpc/resources`` (the instruction kinds' defaults)."""
+    from importlib import resources
+
+    return str(resources.files("kazhpc").joinpath("resources", name))
+
+
 def chat_generation(name: str, path: str, max_gen_toks: int, builder: str, meta: dict[str, Any] | None = None,
                     **fields: Any) -> dict[str, Any]:  # fmt: skip
     """A greedy generate_until task over a local file, its prompts asked through the chat template

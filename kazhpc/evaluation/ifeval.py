@@ -37,14 +37,13 @@ import functools
 import inspect
 import re
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.config import suggest
 from kazhpc.data.text import word_count
 from kazhpc.errors import KazhpcError
-from kazhpc.evaluation.builders import chat_generation
+from kazhpc.evaluation.builders import chat_generation, shipped_file
 from kazhpc.evaluation.prompts import BadItem
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ _LIST_ARGS = {"keywords", "forbidden_words"}
 
 
 def builtin_path() -> str:
-    return str(resources.files("kazhpc").joinpath("resources", BUILTIN_FILE))
+    return shipped_file(BUILTIN_FILE)
 
 
 def count_sentences(text: str) -> int:

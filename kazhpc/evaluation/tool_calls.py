@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.data.tools import BadTool, calls_list, parse_calls, query_prompt, render_calls, tools_list
-from kazhpc.evaluation.builders import chat_generation
+from kazhpc.evaluation.builders import chat_generation, shipped_file
 from kazhpc.evaluation.prompts import BadItem
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ METRICS = ("call_exact", "valid_json", "name_match", "arg_accuracy")
 
 
 def builtin_path() -> str:
-    return str(resources.files("kazhpc").joinpath("resources", BUILTIN_FILE))
+    return shipped_file(BUILTIN_FILE)
 
 
 def _prompt(doc: dict[str, Any]) -> str:
