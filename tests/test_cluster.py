@@ -394,3 +394,13 @@ def test_an_evaluation_merge_gets_the_gpus_only_when_it_loads_a_judge() -> None:
     assert not plain["evaluate"].params.get("gpus_per_node") and "--nv" not in "\n".join(plain["evaluate"].command)
     assert judged["evaluate"].params["gpus_per_node"] == plain["evaluate-parts"].params["gpus_per_node"]
     assert "--nv" in "\n".join(judged["evaluate"].command)
+
+
+def test_more_corpus_workers_than_the_profile_s_cpus_is_a_warning() -> None:
+    """corpus.workers processes run in the stage's one job: more than its CPUs oversubscribe them."""
+    from kazhpc.launch.steps import step_warnings
+
+    fits = slurm_steps(load_config(CPT, ["corpus.workers=2"]), load_cluster(LOCAL))
+    assert not [w for w in step_warnings(fits) if "workers" in w]
+    (warning,) = [w for w in step_warnings(slurm_steps(load_config(CPT, ["corpus.workers=4"]), load_cluster(LOCAL))) if "workers" in w]
+    assert re.search(r"corpus: corpus\.workers is 4, but .*local\.yaml:\d+ \(jobs\.corpus\) gives the corpus job 2 CPUs", warning), warning

@@ -248,6 +248,10 @@ def slurm_steps(cfg: PipelineConfig, cluster: ClusterConfig, stages: list[str] |
         res = cluster.resources(job)
         gpus, warning = gpus_used(view, cluster, job)
         warnings = [warning] if warning else []
+        workers = getattr(getattr(view, spec.section, None), "workers", 1)
+        if workers > res.cpus:  # the stage's own job runs its tasks on `workers` processes
+            warnings.append(f"{stage}: {spec.section}.workers is {workers}, but {cluster.where('jobs', job)} (jobs.{job}) gives "
+                            f"the {job} job {res.cpus} CPUs; its processes would share them (lower the workers or raise cpus)")
         # A stage named as its job type is the one jobs/<job>.py runs by default.
         run = [python, spec.script, "--run-dir", f'"${RUN_DIR_VAR}"', *(["--stage", stage] if stage != job else [])]
         n = shards_of(view, job)
