@@ -156,6 +156,37 @@ def run_phase(cfg: PipelineConfig, job_dir: Path, phase: str, index: int, upstre
     run_corpus_task(cfg.corpus, _decontamination(cfg), work, _target_tokenizer(ctx, work), phase, index)
 
 
+def corpus_datasets(folder: Path, manifest: dict[str, Any], blocks_context: str, heldout_context: str,
+                    sources: bool = False) -> list[dict[str, Any]]:
+    """A corpus stage's blocks and held-out documents (and its source files) as MLflow dataset
+    records, named ``<stage>/blocks`` and ``<stage>/heldout`` in the stage that writes them and in
+    the train stage that reads them."""
+    import hashlib
+
+    from kazhpc.tracking.lineage import file_dataset
+
+    blocks = manifest["blocks"]
+    heldout = manifest["outputs"]["heldout"]
+    records = [
+        file_dataset(Path(blocks["files"][0]).parent, blocks_context, name=f"{folder.name}/blocks", digest=blocks["sha256"],
+                     rows=manifest["counts"]["blocks"], columns={"input_ids": "long"}),
+    ]
+    if heldout:
+        digest = hashlib.sha256("".join(f.get("sha256", "") for f in heldout).encode()).hexdigest()
+        records.append(file_dataset(Path(manifest["heldout_dir"]), heldout_context, name=f"{folder.name}/heldout",
+                                    digest=digest, rows=manifest["counts"]["documents_heldout"], columns={"text": "string"}))
+    for entry in manifest["source_files"] if sources else []:
+        digest = entry.get("sha256") or entry.get("git_blob") or "unknown"
+        name = f"{entry['source']}/{Path(entry['path']).name}"
+        if "://" in entry["path"]:
+            from kazhpc.tracking.lineage import http_dataset
+
+            records.append(http_dataset(entry["path"], "source", name=name, digest=digest))
+        else:
+            records.append(file_dataset(Path(entry["path"]), "source", name=name, digest=digest))
+    return records
+
+
 def run(ctx: JobContext) -> dict[str, Any]:
     """The whole corpus, or (after a submission's arrays) what is left of it; then the manifest."""
     from kazhpc.data.corpus.build import build_corpus
@@ -171,4 +202,6 @@ def run(ctx: JobContext) -> dict[str, Any]:
     ctx.tracking.log_metrics({k: v for k, v in manifest["counts"].items() if isinstance(v, (int, float))})
     ctx.tracking.log_metrics({f"dropped_{k}": v for k, v in manifest["dropped_by_reason"].items()})
     ctx.tracking.log_artifact(ctx.job_dir / "corpus.md")
+    for record in corpus_datasets(ctx.job_dir, manifest, "output", "output", sources=True):
+        ctx.tracking.log_dataset(record)
     return manifest

@@ -93,6 +93,20 @@ def materialize(source: str, cache_root: Path) -> str:
     return parsed.ref
 
 
+def local_checkpoint(model_cfg: ModelConfig, cache_root: Path) -> str:
+    """The local folder of the model's weights: a hub id's snapshot in the hub cache (never
+    fetched: whatever loaded the model put it there), else what materialize gives."""
+    parsed = parse_source(model_cfg.source)
+    if parsed.kind != "hub":
+        return materialize(model_cfg.source, cache_root)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(parsed.ref, revision=model_cfg.revision, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub's own errors: not in the cache
+        raise ModelSourceError(f"model source '{model_cfg.source}': not in the local hub cache ({type(exc).__name__})") from None
+
+
 def bundled_checkpoint_dir(name: str, cache_root: Path) -> Path:
     return cache_root / "models" / name
 

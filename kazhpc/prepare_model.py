@@ -53,7 +53,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     model = load_model(cfg.model, cfg.cache_root)
     load_s = time.time() - load_started
 
-    from kazhpc.evaluation.perplexity import score_texts
+    from kazhpc.evaluation.perplexity import passages_file, score_texts
+    from kazhpc.tracking.lineage import file_dataset
 
     texts, texts_sha = read_passages(cfg.prepare_model.perplexity_texts, "prepare_model.perplexity_texts")
     score_started = time.time()
@@ -69,6 +70,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     metrics = {f"kk_{k}": v for k, v in result.metrics().items()}
     metrics.update(materialize_s=materialize_s, load_s=load_s, score_s=score_s)
     ctx.tracking.log_metrics(metrics)
+    ctx.tracking.log_dataset(file_dataset(passages_file(cfg.prepare_model.perplexity_texts), "evaluation",
+                                          rows=len(texts), digest=texts_sha))
     ctx.tracking.set_tags({"kazhpc.model_location": location})
     parameters = sum(p.numel() for p in model.parameters())
     return {

@@ -83,6 +83,41 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     return warnings
 
 
+def source_datasets(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The sources a preprocess stage read, as MLflow dataset records (context ``source``)."""
+    from kazhpc.tracking.lineage import file_dataset, hub_dataset
+
+    records = []
+    for entry in manifest["sources"]:
+        rows = manifest["per_source"].get(entry["source"], {}).get("rows_read")
+        if "path" in entry:
+            records.append(file_dataset(Path(entry["path"]), "source", name=entry["source"], rows=rows, digest=entry["sha256"]))
+        else:
+            records.append(hub_dataset(entry["hub"], "source", split=entry["split"], config=entry["config"],
+                                       name=entry["source"], rows=rows))
+    return records
+
+
+def split_datasets(folder: Path, manifest: Mapping[str, Any], contexts: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A preprocess stage's splits as MLflow dataset records, one per split (its Parquet shards
+    together): named ``<stage>/<split>``, so the stage that writes a split and the one that reads
+    it log the same data set. ``contexts``: split → context."""
+    import hashlib
+
+    from kazhpc.tracking.lineage import file_dataset, parquet_columns
+
+    records = []
+    for split, context in contexts.items():
+        shards = [o for o in manifest["outputs"] if o["path"].split("-", 1)[0] == split]
+        rows = manifest["counts"][f"{split}_rows"]
+        if not shards or not rows:
+            continue
+        digest = hashlib.sha256("".join(o["sha256"] for o in shards).encode()).hexdigest()
+        records.append(file_dataset(folder / f"{split}-*.parquet", context, name=f"{folder.name}/{split}", rows=rows,
+                                    columns=parquet_columns(folder / shards[0]["path"]), digest=digest))
+    return records
+
+
 def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.data.preprocess_merge import length_histogram
     from kazhpc.parts import run_parts_then_merge
@@ -99,6 +134,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
             metrics.update({f"{split}_tokens_mean": lengths["mean"], f"{split}_tokens_p95": lengths["p95"]})
     metrics["mixed_kk_ru_share"] = manifest["languages"]["mixed_kk_ru_share"]
     ctx.tracking.log_metrics(metrics)
+    for record in source_datasets(manifest) + split_datasets(ctx.job_dir, manifest, {"train": "output", "validation": "output"}):
+        ctx.tracking.log_dataset(record)
     ctx.tracking.log_artifact(ctx.job_dir / "rejects.jsonl")
     histogram = length_histogram(ctx.job_dir)
     if histogram is not None:

@@ -47,6 +47,8 @@ class JobType:
     distributed: bool = False
     #: Saves a checkpoint on SLURM's warning signal and asks to be requeued (exit 75).
     preemptible: bool = False
+    #: Its runs log system metrics (CPU, memory, GPU; per node): the jobs that hold accelerators.
+    system_metrics: bool = False
     #: The jobs/ entry point's file stem, where the job's name would shadow an installed module
     #: (jobs/tokenizers.py would hide the tokenizers library from every job script, and
     #: jobs/evaluate.py Hugging Face's evaluate).
@@ -87,10 +89,11 @@ JOB_TYPES: tuple[JobType, ...] = (
     JobType("train", "kazhpc.train.job",
             "QLoRA-train an adapter: SFT on a preprocess stage's conversations, or CPT on a corpus stage's blocks; "
             "or go on training an earlier stage's (resumes after preemption).",
-            needs=("extend-vocab", "corpus", "preprocess", "train"), distributed=True, preemptible=True),
+            needs=("extend-vocab", "corpus", "preprocess", "train"), distributed=True, preemptible=True, system_metrics=True),
     JobType("evaluate", "kazhpc.evaluation.job",
             "Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly.",
-            needs=("extend-vocab", "preprocess", "train"), splits=True, result="results.json", script_stem="evaluate_models"),
+            needs=("extend-vocab", "preprocess", "train"), splits=True, result="results.json", script_stem="evaluate_models",
+            system_metrics=True),
 )
 
 

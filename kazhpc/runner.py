@@ -8,6 +8,7 @@ A run directory (``<runs_root>/<name>-<time>-<hash>/``) holds ``config.yaml`` (t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from kazhpc.fingerprint import changes, fingerprint, job_inputs
 from kazhpc.jobspec import JobContext, read_manifest
 from kazhpc.parts import record_inputs
 from kazhpc.registry import job_type
-from kazhpc.tracking import Tracker, global_rank, run_tags
+from kazhpc.tracking import SystemMetrics, Tracker, global_rank, node_id, run_tags
 
 log = logging.getLogger("kazhpc")
 
@@ -185,12 +186,28 @@ def run_pipeline(
     return run_dir
 
 
+def log_file(path: Path) -> logging.Handler:
+    """Every log record, kazhpc's and third-party's (warnings included), into ``path`` while a stage
+    or one of its parts runs; the console shows kazhpc's own (kazhpc.console.ours_or_serious)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def close_log_file(handler: logging.Handler) -> None:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+
 def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tags: dict[str, str]) -> dict[str, Any]:
     """Run one stage: its folder, its child run, its log file, its manifest."""
     import transformers
 
     kind = cfg.stage(name).job
-    job = job_type(kind).adapter()
+    spec = job_type(kind)
+    job = spec.adapter()
     job_dir = run_dir / name
     job_dir.mkdir(parents=True, exist_ok=True)
     inputs = inputs_of(cfg, run_dir, name)
@@ -199,12 +216,13 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     tags = {**tags, "kazhpc.job": kind, "kazhpc.stage": name}
     if global_rank() != 0:
         # Other ranks of a distributed job train alongside rank 0 and exit: rank 0 alone writes
-        # run.json, the manifest, the log file and the MLflow run.
+        # run.json, the manifest, the log file and the MLflow run; another node's first process
+        # adds that node's system metrics to it.
         transformers.set_seed(cfg.seed)
-        return job.run(JobContext(view, run_dir, job_dir, tracker.job(name, {}, tags), inputs, upstream))
-    handler = logging.FileHandler(job_dir / "job.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+        node = node_id() if spec.system_metrics and os.environ.get("LOCAL_RANK", "0") == "0" else None
+        with SystemMetrics(tracker.attach(name), cfg.tracking.system_metrics_s, node=node) if node else contextlib.nullcontext():
+            return job.run(JobContext(view, run_dir, job_dir, tracker.job(name, {}, tags), inputs, upstream))
+    handler = log_file(job_dir / "job.log")
     tracking = tracker.job(name, flatten(view.resolved_dict()), tags)
     tracking.log_artifact(run_dir / "config.yaml")
     set_job_state(run_dir, name, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"),
@@ -213,7 +231,8 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
     started = time.time()
     try:
         transformers.set_seed(cfg.seed)
-        manifest = job.run(JobContext(view, run_dir, job_dir, tracking, inputs, upstream))
+        with SystemMetrics(tracking, cfg.tracking.system_metrics_s, node=node_id()) if spec.system_metrics else contextlib.nullcontext():
+            manifest = job.run(JobContext(view, run_dir, job_dir, tracking, inputs, upstream))
         manifest = {"job": kind, "stage": name, "upstream": {k: p.name for k, p in upstream.items()}, "config_hash": cfg.config_hash(), "seconds": round(time.time() - started, 2),
                     **manifest, "fingerprint": fingerprint(inputs), "inputs": inputs}
         (job_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -232,8 +251,7 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         set_job_state(run_dir, name, status=status, finished=time.time(), error=error)
         raise
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        close_log_file(handler)
         if (job_dir / "job.log").is_file():
             tracking.log_artifact(job_dir / "job.log")
 
@@ -319,6 +337,7 @@ def run_single(
     set_job_state(run_dir, part, status="RUNNING", started=time.time(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     inputs = inputs_of(cfg, run_dir, name)  # before the part reads them
     upstream = upstream_dirs(cfg, run_dir, name)
+    handler = log_file(job_dir / "logs" / f"{part.replace('/', '-of-')}.log")  # corpus:filter[0-of-3].log
     try:
         if phase is not None:
             adapter.run_phase(view, job_dir, phase, index, upstream, inputs)
@@ -327,6 +346,8 @@ def run_single(
     except BaseException as exc:
         set_job_state(run_dir, part, status="FAILED", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        close_log_file(handler)
     set_job_state(run_dir, part, status="COMPLETED", finished=time.time())
     return run_dir, name
 

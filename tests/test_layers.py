@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "kazhpc.tokenization.job": 3, "kazhpc.tokenization.extend_job": 3, "kazhpc.evaluation.job": 3,
     "kazhpc.train.qlora": 3, "kazhpc.train.stage_inputs": 3, "kazhpc.train.cpt": 3, "kazhpc.train.job": 3,
     # pipeline: run directories, the runner
-    "kazhpc.runner": 4, "kazhpc.sweep": 4,
+    "kazhpc.runner": 4, "kazhpc.sweep": 4, "kazhpc.summary": 4,
     # launch: cluster profiles, the SLURM step plan, submit / render / status
     "kazhpc.launch": 5,
     # the command line

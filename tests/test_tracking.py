@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +36,10 @@ from kazhpc.tracking import (
     sync,
 )
 
+from mlflow_server import MlflowServer, free_port, port_open
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "kazhpc-test"
-SERVER_START_TIMEOUT_S = 90
 
 NESTED_CONFIG: dict[str, Any] = {
     "name": "smoke",
@@ -71,92 +69,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class MlflowServer:
-    """A real ``python -m mlflow server`` with a sqlite backend, serving artifacts from a folder.
-
-    It runs in its own process group (uvicorn is a child process of ``mlflow server``), and is
-    stopped through that group, whose id is this Popen's pid.
-    """
-
-    def __init__(self, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        self.db = root / "server.db"
-        self.artifacts = root / "artifacts"
-        self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.log_path = root / "server.log"
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey workers
-        env.pop("MLFLOW_TRACKING_URI", None)
-        with self.log_path.open("wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server",
-                 "--backend-store-uri", f"sqlite:///{self.db}",
-                 "--artifacts-destination", str(self.artifacts),
-                 "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=root,
-                env=env,
-                start_new_session=True,
-            )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-8000:]
-
-    def wait_healthy(self, timeout: float = SERVER_START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        pytest.fail(f"mlflow server not healthy on {self.uri} after {timeout:.0f} s:\n{self.output()}")
-
-    def _signal_group(self, sig: int) -> bool:
-        try:
-            os.killpg(self.proc.pid, sig)
-            return True
-        except ProcessLookupError:
-            return False
-
-    def stop(self) -> None:
-        """Terminate the whole group, killing it if it lingers; return once the port is closed."""
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while self._signal_group(0) and time.monotonic() < deadline:
-            self.proc.poll()  # reap the leader so the group can vanish
-            time.sleep(0.2)
-        if self._signal_group(signal.SIGKILL):
-            time.sleep(0.5)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
-            pass
-        deadline = time.monotonic() + 10
-        while _port_open(self.port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _port_open(self.port), f"port {self.port} still open after stopping the server"
 
 
 @pytest.fixture(scope="module")
@@ -480,8 +392,8 @@ def test_unreachable_server_then_sync(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="kazhpc.tracking")
     runs_root, run_dir, config = _make_run_dir(tmp_path)
-    port = _free_port()  # bound then closed: nothing listens there
-    assert not _port_open(port)
+    port = free_port()  # bound then closed: nothing listens there
+    assert not port_open(port)
     cfg = TrackingConfig(uri=f"http://127.0.0.1:{port}", experiment=EXPERIMENT, timeout_s=2)
     started = time.monotonic()
     tracker = Tracker(cfg, runs_root, run_dir)
@@ -613,7 +525,7 @@ def experiment(request: pytest.FixtureRequest) -> str:
 
 def _offline_tracker(runs_root: Path, run_dir: Path, experiment: str) -> Tracker:
     """A tracker whose server is a closed port: it journals and sends nothing."""
-    cfg = TrackingConfig(uri=f"http://127.0.0.1:{_free_port()}", experiment=experiment, timeout_s=2)
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment=experiment, timeout_s=2)
     tracker = Tracker(cfg, runs_root, run_dir)
     assert tracker.active and not tracker.online
     return tracker
@@ -759,3 +671,79 @@ def test_a_job_finding_the_store_up_completes_the_offline_parent(
     assert sorted(c.info.run_name for c in children) == ["prepare-model", "train"]
     assert _artifact_paths(client, parent_id) == {"config.yaml"}
     assert parent.info.status == "FINISHED"
+
+
+def test_system_metrics_are_named_per_node_and_journaled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's monitors, MLflow's names (system/<node>/... when the job spans nodes), through the
+    JobRun: a store that is down still gets them from the journal."""
+    from kazhpc.tracking import SystemMetrics, node_id
+
+    monkeypatch.delenv("SLURM_NNODES", raising=False)
+    assert node_id() is None
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert node_id() == "node_1"
+    cfg = TrackingConfig(uri=f"http://127.0.0.1:{free_port()}", experiment=EXPERIMENT, timeout_s=1)
+    tracker = Tracker(cfg, tmp_path, tmp_path / "run")
+    tracker.start_pipeline("p", {}, {})
+    job = tracker.job("train", {}, {})
+    with SystemMetrics(job, interval_s=0.2, node=node_id()):
+        time.sleep(0.7)
+    points = [e for e in read_journal(tmp_path / "run") if e["event"] == "metrics"]
+    assert len(points) >= 3 and [p["step"] for p in points] == list(range(len(points)))
+    assert "system/node_1/cpu_utilization_percentage" in points[0]["metrics"]
+    assert all(k.startswith("system/node_1/") for p in points for k in p["metrics"])
+
+
+def test_another_node_attaches_to_the_job_run_rank_0_started(tmp_path: Path) -> None:
+    cfg = TrackingConfig(uri=default_tracking_uri(tmp_path), experiment=EXPERIMENT)
+    run_dir = tmp_path / "run"
+    tracker = Tracker(cfg, tmp_path, run_dir)
+    tracker.start_pipeline("p", {}, {})
+    assert not Tracker(cfg, tmp_path, run_dir).attach("train", wait_s=0).active  # not started yet
+    started = tracker.job("train", {}, {})
+    other = Tracker(cfg, tmp_path, run_dir)
+    other.active = False  # as on a rank other than 0
+    attached = other.attach("train", wait_s=0)
+    assert attached.active and attached.run_id == started.run_id
+    attached.log_metrics({"system/node_1/cpu_utilization_percentage": 50.0}, step=0)
+    client = MlflowClient(cfg.uri)
+    assert client.get_run(started.run_id).data.metrics["system/node_1/cpu_utilization_percentage"] == 50.0
+
+
+def test_datasets_and_a_registered_model_logged_offline_reach_a_server_by_sync(tmp_path: Path, server: MlflowServer) -> None:
+    """With the store down, datasets, a model registration and its score tags go to the journal;
+    sync gives a real server each of them once."""
+    from kazhpc.tracking.lineage import file_dataset, hub_dataset
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "Сәлем"}\n', encoding="utf-8")
+    model_dir = tmp_path / "mlflow-model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    run_dir = tmp_path / "run"
+    experiment = "offline-lineage"
+    tracker = _offline_tracker(tmp_path, run_dir, experiment)
+    tracker.start_pipeline("p", {}, {})
+    job = tracker.job("train", {}, {})
+    local = file_dataset(data, "training", rows=1, columns={"text": "string"})
+    job.log_dataset(local)
+    job.log_dataset(hub_dataset("kz-transformers/multidomain-kazakh-dataset", "source", split="train"))
+    model = job.log_model("kazhpc-p", model_dir, {"data.train.jsonl": local["digest"]})
+    job.tag_model(model, {"score.kk_mc": "0.5000"})
+    job.finish()
+    kinds = [e["event"] for e in read_journal(run_dir)]
+    assert kinds.count("dataset") == 2 and "model" in kinds and "model_tags" in kinds
+
+    first = sync(run_dir, server.uri, experiment)
+    client = MlflowClient(server.uri)
+    run = client.get_run(first.runs["job:train"])
+    inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert ("train.jsonl", local["digest"], "training") in inputs
+    assert any(name == "kz-transformers/multidomain-kazakh-dataset" for name, _, _ in inputs)
+    (version,) = client.search_model_versions("name = 'kazhpc-p'")
+    assert version.run_id == run.info.run_id
+    assert version.tags["score.kk_mc"] == "0.5000" and version.tags["data.train.jsonl"] == local["digest"]
+    again = sync(run_dir, server.uri, experiment)
+    assert again.sent == 0 and len(client.search_model_versions("name = 'kazhpc-p'")) == 1
+    assert len(client.get_run(run.info.run_id).inputs.dataset_inputs) == 2

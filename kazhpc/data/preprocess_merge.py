@@ -229,7 +229,7 @@ def _manifest(
     langs = Counter(c["record"]["meta"].get("lang", "und") for c in kept)
     mixed = sum(1 for c in kept if c["record"]["meta"].get("mixed_kk_ru"))
     manifest = {
-        "inputs": inputs,
+        "sources": inputs,  # not "inputs": the runner's fingerprint inputs take that key in manifest.json
         "counts": {
             "rows_read": sum(read.values()),
             "records_kept": len(kept),

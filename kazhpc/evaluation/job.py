@@ -153,6 +153,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if (ctx.job_dir / "rejects.jsonl").is_file():  # documents left out for special-token text
         ctx.tracking.log_artifact(ctx.job_dir / "rejects.jsonl")
     report = _report(ctx, results)
+    _lineage(ctx, results, models)
     generations = _generations(ctx, models)
     parts = done_records(ctx.job_dir, count)
     return {
@@ -169,6 +170,49 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "report": report,
         "generations": generations,
     }
+
+
+def task_datasets(cfg: PipelineConfig, job_dir: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each task's data as an MLflow dataset record (context ``evaluation``): its local file (the
+    held-out split this job wrote, for those that read it) or its hub data set."""
+    from kazhpc.evaluation import suite as suite_mod
+    from kazhpc.tracking.lineage import file_dataset, hub_dataset
+
+    rows = {task: entry.get("n") for m in results["models"].values() for task, entry in m["tasks"].items()}
+    records = []
+    for task in suite_mod.preflight(cfg.evaluate).tasks:
+        if task.name not in rows:
+            continue
+        config = task.config
+        files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+        local = task.data_file or (str(job_dir / files["test"]) if config.get("dataset_path") == "json" and "test" in files else None)
+        if local is not None and Path(local).is_file():
+            records.append(file_dataset(Path(local), "evaluation", name=task.name, rows=rows[task.name]))
+        elif config.get("dataset_path") not in (None, "json"):
+            records.append(hub_dataset(config["dataset_path"], "evaluation", split=config.get("test_split"),
+                                       config=config.get("dataset_name"), name=task.name, rows=rows[task.name]))
+    return records
+
+
+def _lineage(ctx: JobContext, results: dict[str, Any], models: list[ModelUnderTest]) -> None:
+    """The evaluation sets as the run's inputs; each score, its chance and its interval as tags of
+    the registered model version a kazhpc train stage logged for the adapter under test."""
+    for record in task_datasets(ctx.cfg, ctx.job_dir, results):
+        ctx.tracking.log_dataset(record)
+    for model in models:
+        manifest = Path(model.adapter).parent / "manifest.json" if model.adapter else None
+        if manifest is None or not manifest.is_file():
+            continue
+        registered = read_json_file(manifest, f"the {manifest.parent.name} stage's manifest").get("mlflow_model")
+        entry = results["models"].get(model.label)
+        if not registered or entry is None:
+            continue
+        tags: dict[str, Any] = {"evaluated_in": ctx.job_dir.name}
+        for task, score in entry["tasks"].items():
+            tags[f"score.{task}"] = f"{score['score']:.4f}" if isinstance(score.get("score"), (int, float)) else score.get("score")
+            if isinstance(score.get("chance"), (int, float)):
+                tags[f"chance.{task}"] = f"{score['chance']:.4f}"
+        ctx.tracking.tag_model(registered, tags)
 
 
 def _report(ctx: JobContext, results: dict[str, Any]) -> dict[str, Any] | None:

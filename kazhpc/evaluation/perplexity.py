@@ -110,6 +110,13 @@ BUILTIN_TEXTS = "builtin:kk-sentences"
 BUILTIN_NAMES = ("kk-sentences", "en-heldout", "kk-ood")
 
 
+def passages_file(spec: str) -> Path:
+    """The file behind a passages spec (``builtin:<name>``: kazhpc's shipped resource)."""
+    if spec.startswith("builtin:"):
+        return Path(str(resources.files("kazhpc").joinpath("resources", f"{spec.removeprefix('builtin:')}.txt")))
+    return Path(spec).expanduser()
+
+
 def read_passages(spec: str, key: str) -> tuple[list[str], str]:
     """The passages to score (one per non-empty line) of ``spec`` (``builtin:kk-sentences`` or a
     UTF-8 text file; ``key`` names the config key in errors) and the sha256 of their file."""

@@ -250,6 +250,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
     }  # fmt: skip
     _write_reports(ctx.job_dir, results, ext, base_tok)
     ctx.tracking.log_metrics(flat_metrics(results))
+    from kazhpc.tracking.lineage import file_dataset
+
+    for corpus, context in ((section.corpus, "training"), (section.english, "evaluation")):
+        if corpus is not None:  # the Kazakh text the tokens are learnt from; the English kept from harm
+            ctx.tracking.log_dataset(file_dataset(Path(corpus.path), context, name=corpus.name or Path(corpus.path).name))
     for name in REPORT_FILES:
         ctx.tracking.log_artifact(ctx.job_dir / name)
     return {**results, "report": {name: name for name in REPORT_FILES}}

@@ -30,6 +30,7 @@ def preflight(cfg: PipelineConfig) -> list[str]:
 
 def run(ctx: JobContext) -> dict[str, Any]:
     from kazhpc.tokenization import CorpusSpec, flat_metrics, tokenizer_report
+    from kazhpc.tracking.lineage import file_dataset
 
     section = ctx.cfg.tokenizers
     c = section.corpus
@@ -45,6 +46,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         min_kk_share=section.min_kk_share,
     )
     ctx.tracking.log_metrics(flat_metrics(results))
+    ctx.tracking.log_dataset(file_dataset(Path(c.path), "evaluation", name=c.name or Path(c.path).name))
     for name in REPORT_FILES:
         ctx.tracking.log_artifact(ctx.job_dir / name)
     return {"report": {name: str(ctx.job_dir / name) for name in REPORT_FILES}, "results": results}

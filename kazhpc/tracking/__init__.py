@@ -10,17 +10,19 @@
   makes a second copy of a run the store already has, and sends only what the store lacks.
 
 Modules, each importing only those above it: ``journal`` (the journal format, read back and
-checked), ``live`` (Tracker and JobRun: rank, tags, logging while jobs run), ``replay`` (the
-journal's events into one store, skipping what it holds), ``syncing`` (``sync``: synced.json,
-the lock). Everything is re-exported here: import from ``kazhpc.tracking``.
+checked), ``lineage`` (datasets and registered models: journal records and the MLflow entities
+they become), ``job_run`` (JobRun: one job's logging), ``live`` (Tracker: rank, tags, the
+pipeline's runs and store while jobs run), ``system``
+(system metrics through a JobRun), ``replay`` (the journal's events into one store, skipping what
+it holds), ``syncing`` (``sync``: synced.json, the lock). Everything is re-exported here: import from ``kazhpc.tracking``.
 """
 
+from kazhpc.tracking.job_run import JobRun
 from kazhpc.tracking.journal import EVENT_FIELDS, JOURNAL, Journal, parse_journal, read_journal, start_uid
 from kazhpc.tracking.live import (
     EXPERIMENT_TAGS,
     JOURNAL_ID_TAG,
     PARENT_KEY,
-    JobRun,
     Tracker,
     default_tracking_uri,
     failure_reason,
@@ -32,6 +34,7 @@ from kazhpc.tracking.live import (
     runs_view,
 )
 from kazhpc.tracking.replay import MAX_METRICS_PER_BATCH, Replay
+from kazhpc.tracking.system import SystemMetrics, node_id
 from kazhpc.tracking.syncing import SYNCED, SyncResult, normalize_uri, sync
 
 __all__ = [
@@ -46,12 +49,14 @@ __all__ = [
     "Journal",
     "Replay",
     "SyncResult",
+    "SystemMetrics",
     "Tracker",
     "default_tracking_uri",
     "failure_reason",
     "git_commit",
     "global_rank",
     "journal_id_filter",
+    "node_id",
     "normalize_uri",
     "param_batches",
     "parse_journal",

@@ -29,6 +29,9 @@ EVENT_FIELDS: dict[str, dict[str, type]] = {
     "metrics": {"metrics": dict},
     "tags": {"tags": dict},
     "artifact": {"path": str},
+    "dataset": {"dataset": dict},  # kazhpc.tracking.lineage's record
+    "model": {"model": dict},  # name, uid, stage, path, tags
+    "model_tags": {"model": dict, "tags": dict},  # model: name, uid
     "end": {"status": str},
 }
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from kazhpc import __version__
 from kazhpc.config import TrackingConfig
+from kazhpc.tracking.job_run import JobRun
 from kazhpc.tracking.journal import JOURNAL, start_uid
 
 log = logging.getLogger("kazhpc.tracking")  # one logger for the package, as when it was one module
@@ -202,10 +203,14 @@ class Tracker:
         self._client = None
 
     def _send(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._call(lambda client: getattr(client, fn_name)(*args, **kwargs))
+
+    def _call(self, fn: Any) -> Any:
+        """``fn(client)``, or None when the store is (or just went) offline."""
         if not self.online or self._client is None:
             return None
         try:
-            return getattr(self._client, fn_name)(*args, **kwargs)
+            return fn(self._client)
         except Exception as exc:  # noqa: BLE001 - any store failure must not stop the job
             self._go_offline(exc)
             return None
@@ -332,6 +337,30 @@ class Tracker:
             self._log_params(run_id, params)
         return JobRun(self, key=key, run_id=run_id, uid=uid)
 
+    def attach(self, job: str, wait_s: float = 120.0) -> JobRun:
+        """The child run that global rank 0 started for ``job``, for another node's first process to
+        log that node's system metrics into: journaled under the job's key once rank 0 journaled its
+        start, and sent live when the store answers."""
+        if not self.cfg.enabled:
+            return JobRun(self, key="", run_id=None)
+        key = f"job:{job}"
+        deadline = time.monotonic() + wait_s
+        while not self._journal_has_start(key) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if not self._journal_has_start(key):
+            log.warning("system metrics of this node: rank 0 has not started the %s run in %.0f s; not logged", job, wait_s)
+            return JobRun(self, key="", run_id=None)
+        self.online = True
+        self._connect()
+        return JobRun(self, key=key, run_id=self.run_ids().get(key))
+
+    def _journal_has_start(self, key: str) -> bool:
+        if not self.journal.is_file():
+            return False
+        marker = f'"key": {json.dumps(key)}'
+        with self.journal.open(encoding="utf-8", errors="replace") as lines:
+            return any('"event": "start"' in line and marker in line for line in lines)
+
     def finish_pipeline(self, status: str) -> None:
         if not self.active:
             return
@@ -353,61 +382,3 @@ class Tracker:
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         for batch in param_batches(params):
             self._send("log_batch", run_id, params=batch)
-
-
-class JobRun:
-    """Logging for one job's child run. Every call is journaled first, then sent.
-
-    ``uid`` is the run's journal id; without one (a JobRun made for a run found in runs.json)
-    the journal attributes the events to the latest run started under ``key``.
-    """
-
-    def __init__(self, tracker: Tracker, key: str, run_id: str | None, uid: str | None = None):
-        self.tracker = tracker
-        self.key = key
-        self.run_id = run_id
-        self.uid = uid
-
-    @property
-    def active(self) -> bool:
-        return bool(self.key)
-
-    def _record(self, event: str, **fields: Any) -> None:
-        self.tracker._record({"event": event, "key": self.key, **({"run": self.uid} if self.uid else {}), **fields})
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if not self.active:
-            return
-        now = int(time.time() * 1000)
-        values = {k: float(v) for k, v in metrics.items()}  # a tensor's value, not its repr, in the journal
-        self._record("metrics", metrics=values, step=step)
-        if self.run_id:
-            from mlflow.entities import Metric
-
-            items = [Metric(k, v, now, step or 0) for k, v in values.items()]
-            self.tracker._send("log_batch", self.run_id, metrics=items)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        if not self.active:
-            return
-        self._record("tags", tags=tags)
-        if self.run_id:
-            from mlflow.entities import RunTag
-
-            self.tracker._send("log_batch", self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Upload a file or folder that lives in the run directory (the journal keeps its path)."""
-        if not self.active:
-            return
-        self._record("artifact", path=str(Path(path).absolute()), artifact_path=artifact_path)
-        if self.run_id:
-            method = "log_artifacts" if Path(path).is_dir() else "log_artifact"
-            self.tracker._send(method, self.run_id, str(path), artifact_path)
-
-    def finish(self, status: str = "FINISHED") -> None:
-        if not self.active:
-            return
-        self._record("end", status=status)
-        if self.run_id:
-            self.tracker._send("set_terminated", self.run_id, status=status)

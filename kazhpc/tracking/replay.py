@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kazhpc.tracking.journal import Journal, start_uid
+from kazhpc.tracking.lineage import dataset_input, dataset_key, register_model, stored_datasets, tag_model
 from kazhpc.tracking.live import JOURNAL_ID_TAG, journal_id_filter, param_batches
 
 log = logging.getLogger("kazhpc.tracking")  # one logger for the package, as when it was one module
@@ -40,6 +41,7 @@ class _Stored:
     ended: bool = False
     history: dict[str, set[tuple[int, Any]]] = field(default_factory=dict)  # fetched per key when needed
     files: dict[str, int] | None = None  # artifact path -> size; fetched when needed
+    datasets: set[tuple[str, str, str]] = field(default_factory=set)  # (name, digest, context) of its inputs
 
 
 class Replay:
@@ -70,6 +72,7 @@ class Replay:
             metrics=set(run.data.metrics),
             status=run.info.status,
             ended=run.info.status != "RUNNING" and run.info.end_time is not None,
+            datasets=stored_datasets(run),
         )
         return run.info.run_id
 
@@ -227,6 +230,25 @@ class Replay:
             return bool(new)
         if kind == "artifact":
             return self._artifact(run_id, stored, event)
+        if kind == "dataset":
+            key = dataset_key(event["dataset"])
+            if key in stored.datasets:
+                return False
+            self._write("log_inputs", run_id, datasets=[dataset_input(event["dataset"])])
+            stored.datasets.add(key)
+            return True
+        if kind == "model":
+            _, sent = register_model(self.client, self.experiment_id, run_id, event["model"])
+            self.writes += sent
+            return sent
+        if kind == "model_tags":
+            model = event["model"]
+            added = tag_model(self.client, model["name"], model["uid"], event["tags"])
+            if added is None:
+                log.warning("sync: model %s (%s) is not registered; its tags %s are not sent",
+                            model["name"], model["uid"], ", ".join(event["tags"]))
+            self.writes += bool(added)
+            return bool(added)
         # kind == "end"
         if self.last_end.get(uid) != self.line or (stored.ended and stored.status == event["status"]):
             return False

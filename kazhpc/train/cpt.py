@@ -276,7 +276,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     from kazhpc.models import load_tokenizer
     from kazhpc.train import distributed
-    from kazhpc.train.qlora import _device, peak_memory_gb, tracking_callback
+    from kazhpc.corpus_job import corpus_datasets
+    from kazhpc.train.progress import use_console_progress
+    from kazhpc.train.qlora import _device, peak_memory_gb, register_adapter, tracking_callback
     from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
     from kazhpc.train.stage_inputs import earlier_adapter, extended_model_for_training
 
@@ -308,6 +310,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if in_training and cfg.train.cpt.eval_steps:  # the curve; before and after are scored below anyway
         callbacks.append(heldout_callback(texts, tokenizer, cfg, per_step, chars_per_token, ctx.tracking, history, curve_file))
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=default_data_collator, callbacks=callbacks)
+    use_console_progress(trainer, f"{ctx.job_dir.name}: CPT steps")
     result, seconds = train_resumably(trainer, checkpoints, resumed_from, preemption)
     saved = ctx.job_dir / ("model" if full else "adapter")
     trainer.save_model(str(saved))  # under ZeRO-3 the Trainer gathers the shards first
@@ -358,4 +361,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     }
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
     ctx.tracking.log_artifact(saved, artifact_path=saved.name)
+    datasets = corpus_datasets(ctx.upstream_dir("corpus"), corpus, "training", "evaluation")
+    if full:  # a merged model is no adapter: its export is the export stage's (not yet here)
+        for record in datasets:
+            ctx.tracking.log_dataset(record)
+    else:
+        manifest["mlflow_model"] = register_adapter(ctx, cfg, saved, tokenizer, datasets)
     return manifest

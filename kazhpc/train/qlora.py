@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kazhpc.errors import KazhpcError
 from kazhpc.train import distributed
 from kazhpc.train.guard import ensure_trainable, watch
+from kazhpc.train.progress import use_console_progress
 from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
 from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training, training_data
 
@@ -157,6 +158,31 @@ def load_for_scoring(cfg: PipelineConfig) -> Any:
                       **({"quantization_config": bnb} if bnb is not None else {}))
 
 
+def register_adapter(ctx: JobContext, cfg: PipelineConfig, adapter_dir: Path, tokenizer: Any,
+                     datasets: list[dict[str, Any]], adapted: Any = None) -> dict[str, str] | None:
+    """Log the trained datasets, then the adapter as an MLflow model registered as a version of
+    ``kazhpc-<pipeline>`` with the data digests as tags; return its {name, uid} (the manifest's
+    ``mlflow_model``, which evaluate tags with scores). ``cfg``: the stage's config with the model
+    it trained on (an extend-vocab stage's); ``adapted``: the adapter loaded already."""
+    from peft import PeftModel
+
+    from kazhpc.models import local_checkpoint
+    from kazhpc.tracking.lineage import save_adapter_model
+
+    for record in datasets:
+        ctx.tracking.log_dataset(record)
+    if not (ctx.tracking.active and cfg.tracking.register_models):
+        return None
+    if adapted is None:
+        adapted = PeftModel.from_pretrained(load_for_scoring(cfg), str(adapter_dir))
+    base_dir = local_checkpoint(cfg.model, cfg.cache_root)
+    folder = save_adapter_model(adapted, tokenizer, base_dir, ctx.job_dir / "mlflow-model")
+    tags = {"base_model": cfg.model.source, "base_revision": cfg.model.revision or "", "pipeline": cfg.name,
+            "stage": ctx.job_dir.name, "objective": cfg.train.objective, "config_hash": ctx.cfg.config_hash(),
+            **{f"data.{r['name']}": r["digest"] for r in datasets}}
+    return ctx.tracking.log_model(f"kazhpc-{cfg.name}", folder, tags)
+
+
 def lora_config(cfg: PipelineConfig, new_token_ids: list[int] | None = None) -> Any:
     """LoRA on the configured modules; with ``new_token_ids`` (a vocabulary extension) those
     embedding rows are trained too (peft ``trainable_token_indices``; tied ``lm_head`` follows)."""
@@ -251,6 +277,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from peft import PeftModel
     from trl import SFTTrainer
 
+    from kazhpc.preprocess import split_datasets
     from kazhpc.models import load_tokenizer
     from kazhpc.tokenization.extend_model import expose_tied_head_bias
 
@@ -277,6 +304,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         peft_config=lora_config(cfg, new_token_ids) if continued is None else None,
         callbacks=[tracking_callback(ctx.tracking), preemption.callback()],
     )
+    use_console_progress(trainer, f"{ctx.job_dir.name}: SFT steps")
     if new_token_ids:
         expose_tied_head_bias(trainer.model)  # trl's fused LM head and peft's tied trainable tokens
     resumed_from = last_checkpoint(checkpoints) if cfg.train.resume else None
@@ -335,5 +363,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     (adapter_dir / "README.md").write_text(_model_card(cfg, manifest, ctx.cfg.config_hash()), encoding="utf-8")
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(adapter_dir.iterdir())}
     ctx.tracking.log_artifact(adapter_dir, artifact_path="adapter")
+    splits = split_datasets(ctx.upstream_dir("preprocess"), ctx.manifest_of("preprocess"),
+                            {"train": "training", "validation": "validation"})
+    manifest["mlflow_model"] = register_adapter(ctx, cfg, adapter_dir, tokenizer, splits, adapted if rows else None)
     return manifest
 
