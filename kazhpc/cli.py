@@ -28,6 +28,13 @@ app = typer.Typer(
 OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_default=False)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "-v", "--verbose", help="show third-party warnings and log lines too")) -> None:
+    """Adapt open language models to Kazakh on SLURM clusters: run, validate, track."""
+    if verbose:
+        os.environ["KAZHPC_VERBOSE"] = "1"  # read by setup_logging; job steps it starts inherit it
+
+
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="pipeline config YAML"),
@@ -94,7 +101,8 @@ def run(
     """Run the pipeline's stages in order on this machine (with --run-dir: resume that run; stages
     that completed from unchanged inputs are reused)."""
     from kazhpc.config import load_config
-    from kazhpc.runner import open_run_dir, read_state, run_pipeline
+    from kazhpc.runner import open_run_dir, run_pipeline
+    from kazhpc.summary import print_summary
 
     setup_logging()
     with report_errors():
@@ -106,10 +114,8 @@ def run(
             raise KazhpcError("--run-dir without CONFIG uses the run's own config.yaml; overrides are not allowed")
         cfg = open_run_dir(run_dir) if config is None else load_config(config, overrides or [])
         path = run_pipeline(cfg, run_dir=run_dir, only=only, force=force)
-    jobs = read_state(path).get("jobs", {})
     out.print(f"run directory: {path}", highlight=False)
-    for name, state in jobs.items():
-        out.print(f"  {name}: {state.get('status')}", highlight=False)
+    print_summary(path, cfg)
     if config is None:
         out.print(f"browse it: kazhpc ui {path / 'config.yaml'}", highlight=False)
         return
@@ -407,6 +413,11 @@ def status(
         lines, done = show(run_dir, steps)
     for line in lines:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if wait and not any(s.active for s in steps):
+        from kazhpc.runner import open_run_dir
+        from kazhpc.summary import print_summary
+
+        print_summary(run_dir, open_run_dir(run_dir))
     if any(s.failed for s in steps):
         raise SystemExit(1)
     if wait and any(s.active for s in steps):

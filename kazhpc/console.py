@@ -34,13 +34,30 @@ def labelled(label: str, style: str, message: str) -> Text:
     return Text.assemble((label, style), " ", message)
 
 
+def ours_or_serious(record: logging.LogRecord) -> bool:
+    """The console's filter: kazhpc's own records, and other libraries' errors. Their warnings and
+    INFO lines (FutureWarnings, lm-eval's per-task lines) still reach each stage's job.log."""
+    return record.name == "kazhpc" or record.name.startswith("kazhpc.") or record.levelno >= logging.ERROR
+
+
 def setup_logging() -> None:
+    """Log records to stderr, one plain line each; ``KAZHPC_VERBOSE=1`` (``kazhpc -v``) shows
+    third-party records too."""
     level = os.environ.get("KAZHPC_LOG_LEVEL", "INFO").upper()
     # One plain line per record, never wrapped: rich's log handler folds a long path into lines
     # at the terminal's width, and a path cut in two cannot be copied. A terminal gets a short
     # prefix; SLURM logs and pipes the time and the logger too.
     fmt = "%(levelname)s %(message)s" if err.is_terminal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt)
+    if os.environ.get("KAZHPC_VERBOSE") != "1":
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(ours_or_serious)
+        # Libraries' own progress bars (datasets' "Generating split", weights loading, hub files):
+        # kazhpc shows one bar per long loop of its own instead.
+        for var in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(var, "1")
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger: job.log, not the console
     for noisy in ("urllib3", "filelock", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes >= 0.50 warns on every import that an optional CPU kernel package is missing;

@@ -77,6 +77,12 @@ _MATERIALIZE = textwrap.dedent(
 )
 
 
+def stage_state(stdout: str, stage: str) -> str | None:
+    """A stage's state in the summary table that `kazhpc run` prints (kazhpc.summary)."""
+    found = re.search(rf"│ {re.escape(stage)}\s+│ ([A-Z]+)", stdout)
+    return found.group(1) if found else None
+
+
 def write_yaml(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CONFIGS
+from conftest import CONFIGS, stage_state
 from kazhpc.config import load_config
 from kazhpc.errors import KazhpcError
 
@@ -82,7 +82,7 @@ def test_sft_goes_on_from_the_cpt_adapter_and_evaluate_scores_it(cpt_sft_run: di
     assert evaluation["upstream"] == {"extend-vocab": "extend-vocab", "preprocess": "preprocess", "train": "train-sft"}
     assert evaluation["adapters"]["adapter"] == sft["adapter"]
     for stage in ("tokenizers", "extend-vocab", "corpus", "train-cpt", "preprocess", "train-sft", "evaluate"):
-        assert f"  {stage}: COMPLETED" in cpt_sft_run["second"].stdout
+        assert stage_state(cpt_sft_run["second"].stdout, stage) == "COMPLETED"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, kazhpc_ui
+from conftest import REPO, kazhpc_ui, stage_state
 
 KAZHPC = str(Path(sys.executable).parent / "kazhpc")
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_smoke_pipeline_writes_manifest_and_state(smoke_run: dict) -> None:
     assert manifest["chat_template"]["probe_assistant_tokens"] > 0
     state = json.loads((run_dir / "run.json").read_text())
     assert state["jobs"]["prepare-model"]["status"] == "COMPLETED"
-    assert "prepare-model: COMPLETED" in smoke_run["result"].stdout
+    assert stage_state(smoke_run["result"].stdout, "prepare-model") == "COMPLETED"
 
 
 def test_job_entry_point_joins_an_existing_run(smoke_run: dict) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS
+from conftest import CONFIGS, stage_state
 from faults import kazhpc
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def test_every_stage_has_its_folder_and_manifest(two_stage: dict) -> None:
         assert (manifests[stage.name]["stage"], manifests[stage.name]["job"]) == (stage.name, stage.job)
     assert manifests["preprocess-translation"]["counts"]["train_rows"] != manifests["preprocess-general"]["counts"]["train_rows"]
     for stage in stages:
-        assert f"  {stage.name}: COMPLETED" in two_stage["outcome"].stdout
+        assert stage_state(two_stage["outcome"].stdout, stage.name) == "COMPLETED"
 
 
 def test_the_second_train_stage_goes_on_training_the_first_adapter_on_its_own_data(two_stage: dict) -> None:

@@ -128,7 +128,9 @@ def adapt(
         model=model, args=args, train_dataset=data,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )  # fmt: skip
-    result = trainer.train()
+    from kazhpc.train.progress import use_console_progress
+
+    result = use_console_progress(trainer, "extension: adaptation steps").train()
     history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     return model, {
         "steps": int(result.global_step),

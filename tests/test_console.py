@@ -1,0 +1,59 @@
+"""The console is for people: kazhpc's own lines, third-party noise only in job.log (or with -v),
+and a summary table of stages, headline figures and scores at the end of `kazhpc run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+NOISE = (
+    "import logging, warnings\n"
+    "from kazhpc.console import setup_logging\n"
+    "setup_logging()\n"
+    "logging.getLogger('lm_eval.api.task').info('third-party info')\n"
+    "warnings.warn('a deprecation', FutureWarning)\n"
+    "logging.getLogger('datasets').error('third-party error')\n"
+    "logging.getLogger('kazhpc.train').info('our line')\n"
+)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_third_party_lines_reach_the_console_only_with_verbose(verbose: bool) -> None:
+    env = {"PATH": "/usr/bin:/bin", **({"KAZHPC_VERBOSE": "1"} if verbose else {})}
+    done = subprocess.run([sys.executable, "-c", NOISE], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "our line" in done.stderr and "third-party error" in done.stderr  # errors always show
+    assert ("third-party info" in done.stderr) == verbose
+    assert ("a deprecation" in done.stderr) == verbose
+
+
+@pytest.mark.slow
+def test_the_smoke_run_ends_with_a_summary_and_keeps_the_noise_in_job_logs(smoke_run: dict) -> None:
+    stdout, stderr, run_dir = smoke_run["result"].stdout, smoke_run["result"].stderr, smoke_run["run_dir"]
+    # No third-party warning or INFO line on the console; they are in the stages' job.log.
+    assert "FutureWarning" not in stderr and "lm_eval" not in stderr, stderr[-3000:]
+    assert "Generating train split" not in stderr
+    assert "lm_eval" in (run_dir / "evaluate" / "job.log").read_text(encoding="utf-8")
+    # The trainer's raw log dicts are replaced by kazhpc's progress lines.
+    assert "{'loss':" not in stdout + stderr
+    assert "train: SFT steps: step 8/8, loss" in stderr
+    # One row per stage with its state, then the headline figures from each manifest.
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
+    for stage in ("prepare-model", "tokenizers", "preprocess", "train", "evaluate"):
+        assert stage in stdout
+    assert stdout.count("COMPLETED") == 5
+    train = manifests["train"]
+    assert f"final train loss {train['train_loss']:.3f}" in stdout
+    counts = manifests["preprocess"]["counts"]
+    assert f"{counts['train_rows']} train + {counts['validation_rows']} validation rows" in stdout
+    # Each score beside its chance and the base model's, from the evaluate manifest.
+    assert "evaluate: scores" in stdout
+    for task, score in manifests["evaluate"]["scores"]["adapter"].items():
+        assert task in stdout
+        assert f"{score['score']:.3f} ± " in stdout, task
+    assert "MLflow: experiment kazhpc-smoke, run smoke (" in stdout and "Models → kazhpc-smoke" in stdout
