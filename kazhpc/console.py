@@ -51,7 +51,7 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, format=fmt)
     if os.environ.get("KAZHPC_VERBOSE") != "1":
         for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if type(handler) is logging.StreamHandler:  # the console's; not job.log, not a test's capture
                 handler.addFilter(ours_or_serious)
         # Libraries' own progress bars (datasets' "Generating split", weights loading, hub files):
         # kazhpc shows one bar per long loop of its own instead.

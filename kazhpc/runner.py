@@ -28,6 +28,7 @@ from kazhpc.fingerprint import changes, fingerprint, job_inputs
 from kazhpc.jobspec import JobContext, read_manifest
 from kazhpc.parts import record_inputs
 from kazhpc.registry import job_type
+from kazhpc.summary import headline
 from kazhpc.tracking import SystemMetrics, Tracker, global_rank, node_id, run_tags
 
 log = logging.getLogger("kazhpc")
@@ -239,7 +240,8 @@ def run_job(cfg: PipelineConfig, run_dir: Path, tracker: Tracker, name: str, tag
         tracking.log_artifact(job_dir / "manifest.json")
         tracking.finish("FINISHED")
         set_job_state(run_dir, name, status="COMPLETED", finished=time.time())
-        log.info("job %s: completed in %.1f s", name, time.time() - started)
+        said = headline(kind, manifest)
+        log.info("job %s: completed in %.1f s%s", name, time.time() - started, f": {said}" if said else "")
         return manifest
     except BaseException as exc:
         preempted = isinstance(exc, Preempted)  # saved a checkpoint and asked to be requeued

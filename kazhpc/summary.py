@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kazhpc.console import out
+from kazhpc.errors import read_json_file
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -69,16 +70,26 @@ def _train(m: dict[str, Any]) -> list[str]:
     if isinstance(check.get("base"), (int, float)):
         lines.append(f"loss on {check.get('rows')} training rows: base {_f(check['base'])} → {_f(check['adapter'])}")
     held = m.get("heldout") or {}
-    for name, before in (held.get("before") or {}).items():
-        after = (held.get("after") or {}).get(name)
-        lines.append(f"{name}: {_f(before)} → {_f(after)} bits/char")
+    for key, before in (held.get("before") or {}).items():  # CPT: heldout_<set>_bits_per_char before and after
+        if key.endswith("_bits_per_char"):
+            name = key.removeprefix("heldout_").removesuffix("_bits_per_char")
+            lines.append(f"{name}: {_f(before)} → {_f((held.get('after') or {}).get(key))} bits/char")
     return lines
 
 
 def _evaluate(m: dict[str, Any]) -> list[str]:
-    scores = m.get("scores", {})
-    tasks = sorted({t for by_task in scores.values() for t in by_task})
-    return [f"{len(tasks)} tasks × {len(scores)} models ({', '.join(scores)}): the scores below"]
+    """How many tasks each model under test is clearly higher or lower than the baseline on (the
+    paired interval excludes 0), beside the count of tasks; the scores table has the rest."""
+    scores, report = m.get("scores", {}), m.get("report") or {}
+    baseline, differences = report.get("baseline"), report.get("differences", {})
+    lines = []
+    for label, tasks in scores.items():
+        if label == baseline:
+            continue
+        verdicts = [differences.get(f"{label}/{task}", {}).get("verdict") for task in tasks]
+        lines.append(f"{label} vs {baseline} on {len(tasks)} tasks: higher on {verdicts.count('higher')}, "
+                     f"lower on {verdicts.count('lower')}, no clear difference on {len(tasks) - verdicts.count('higher') - verdicts.count('lower')}")
+    return lines or [f"{len(scores)} models scored"]
 
 
 def score_rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -105,11 +116,18 @@ HEADLINES: dict[str, Headline] = {
 }
 
 
+def headline(job: str, manifest: dict[str, Any]) -> str:
+    """A stage's headline figures on one line (the runner's "completed" line)."""
+    try:
+        return "; ".join(HEADLINES.get(job, lambda _: [])(manifest))
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
 def stage_rows(run_dir: Path, stages: list[tuple[str, str]]) -> list[tuple[str, str, str, list[str]]]:
     """(stage, state, time, headline lines) of each (stage, job type), from run.json and the manifests."""
-    from kazhpc.runner import read_state
-
-    jobs = read_state(run_dir).get("jobs", {})
+    state_file = run_dir / "run.json"  # read here, not through kazhpc.runner, which logs headlines from here
+    jobs = read_json_file(state_file, "the run's state file").get("jobs", {}) if state_file.is_file() else {}
     rows = []
     for stage, job in stages:
         state = jobs.get(stage, {})

@@ -4,6 +4,7 @@ and a summary table of stages, headline figures and scores at the end of `kazhpc
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,19 @@ def test_the_smoke_run_ends_with_a_summary_and_keeps_the_noise_in_job_logs(smoke
         assert task in stdout
         assert f"{score['score']:.3f} ± " in stdout, task
     assert "MLflow: experiment kazhpc-smoke, run smoke (" in stdout and "Models → kazhpc-smoke" in stdout
+    # And each stage's "completed" line carries its headline.
+    assert re.search(rf"job preprocess: completed in [\d.]+ s: {counts['train_rows']} train \+ {counts['validation_rows']} validation rows", stderr)
+    assert re.search(r"job evaluate: completed in [\d.]+ s: adapter vs base on \d+ tasks: higher on \d+", stderr)
+
+
+@pytest.mark.slow
+def test_headlines_of_the_corpus_and_cpt_stages(cpt_sft_run: dict) -> None:
+    from kazhpc.summary import headline
+
+    corpus = cpt_sft_run["manifests"]["corpus"]
+    said = headline("corpus", corpus)
+    assert f"{corpus['counts']['documents_kept']} documents kept of {corpus['counts']['documents_read']}" in said
+    cpt = cpt_sft_run["manifests"]["train-cpt"]
+    before, after = cpt["heldout"]["before"]["heldout_kk_bits_per_char"], cpt["heldout"]["after"]["heldout_kk_bits_per_char"]
+    assert f"kk: {before:.3f} → {after:.3f} bits/char" in headline("train", cpt)
+    assert "new tokens" in headline("extend-vocab", cpt_sft_run["manifests"]["extend-vocab"])

@@ -238,6 +238,9 @@ class Replay:
             stored.datasets.add(key)
             return True
         if kind == "model":
+            if not Path(event["model"]["path"]).is_dir():
+                log.warning("sync: model folder %s no longer exists; %s not registered", event["model"]["path"], event["model"]["name"])
+                return False
             _, sent = register_model(self.client, self.experiment_id, run_id, event["model"])
             self.writes += sent
             return sent
