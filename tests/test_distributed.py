@@ -172,7 +172,7 @@ def test_runner_lets_only_rank_0_record(tmp_path: Path, monkeypatch: pytest.Monk
 
     ran = []
     adapter = SimpleNamespace(run=lambda ctx: ran.append(ctx.tracking.active) or {"rows": 3}, preflight=lambda cfg: [])
-    fake = SimpleNamespace(name="train", section="train", needs=(), splits=False, adapter=lambda: adapter)
+    fake = SimpleNamespace(name="train", section="train", needs=(), splits=False, system_metrics=False, adapter=lambda: adapter)
     cfg = smoke(f"runs_root={tmp_path}")
     monkeypatch.setattr(runner, "job_type", lambda name: fake)
     run_dir = runner.new_run_dir(cfg)

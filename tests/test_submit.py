@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import CONFIGS, REPO, kazhpc_ui
+from conftest import CONFIGS, REPO, kazhpc_ui, stage_state
 from kazhpc.config import load_config
 from kazhpc.registry import job_type
 from kazhpc.runner import read_state
@@ -81,8 +81,12 @@ def test_smoke_pipeline_through_slurm(smoke_submission: dict) -> None:
         assert all(read_state(run_dir)["jobs"][f"{job}[{i}/2]"]["status"] == "COMPLETED" for i in range(2))
     first = next(iter(steps.values()))
     assert first["dependency"] is None
-    for line in waited.stdout.splitlines()[1:-1]:
+    states, summary = waited.stdout.split("all jobs completed")
+    for line in states.splitlines()[1:]:
         assert line.split()[-1] == "COMPLETED", waited.stdout
+    # --wait ends with the run's summary: every stage's state from run.json, the scores table.
+    assert all(stage_state(summary, stage) == "COMPLETED" for stage in cfg.stage_names), summary
+    assert "evaluate: scores" in summary
 
     state = read_state(run_dir)["jobs"]
     client = MlflowClient(f"sqlite:///{runs_root / 'mlflow.db'}")
