@@ -12,6 +12,19 @@ from typing import Any
 log = logging.getLogger("kazhpc.train")
 
 
+class TokenRate:
+    """Tokens per second between two of the Trainer's logs (its ``num_tokens`` is cumulative)."""
+
+    def __init__(self) -> None:
+        self.tokens, self.time = 0.0, time.time()
+
+    def update(self, num_tokens: float) -> float:
+        now = time.time()
+        rate = (num_tokens - self.tokens) / max(now - self.time, 1e-9)
+        self.tokens, self.time = num_tokens, now
+        return rate
+
+
 def console_progress(what: str) -> Any:
     from transformers import TrainerCallback
 
@@ -22,7 +35,7 @@ def console_progress(what: str) -> Any:
             self.loss: float | None = None
             self.tokens_per_s: float | None = None
             self.started = time.time()
-            self.tokens = (0.0, time.time())
+            self.rate = TokenRate()
 
         def _fields(self) -> str:
             loss = f"loss {self.loss:.3f}" if self.loss is not None else "loss -"
@@ -48,10 +61,7 @@ def console_progress(what: str) -> Any:
             if isinstance(logs.get("loss"), (int, float)):
                 self.loss = float(logs["loss"])
             if isinstance(logs.get("num_tokens"), (int, float)):
-                before, then = self.tokens
-                now = time.time()
-                self.tokens_per_s = (float(logs["num_tokens"]) - before) / max(now - then, 1e-9)
-                self.tokens = (float(logs["num_tokens"]), now)
+                self.tokens_per_s = self.rate.update(float(logs["num_tokens"]))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if not state.is_world_process_zero:

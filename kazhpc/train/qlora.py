@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.errors import KazhpcError
 from kazhpc.train import distributed
 from kazhpc.train.guard import ensure_trainable, watch
-from kazhpc.train.progress import use_console_progress
+from kazhpc.train.progress import TokenRate, use_console_progress
 from kazhpc.train.resume import PreemptionHandler, last_checkpoint, train_resumably
 from kazhpc.train.stage_inputs import continue_adapter, earlier_adapter, extended_model_for_training, training_data
 
@@ -74,17 +73,14 @@ def tracking_callback(tracking: JobRun) -> Any:
 
     class TrackingCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.last_tokens = 0.0
-            self.last_time = time.time()
+            self.rate = TokenRate()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs:
                 return
             metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-            now = time.time()
             if "num_tokens" in metrics:
-                metrics["tokens_per_s"] = (metrics["num_tokens"] - self.last_tokens) / max(now - self.last_time, 1e-9)
-                self.last_tokens, self.last_time = metrics["num_tokens"], now
+                metrics["tokens_per_s"] = self.rate.update(metrics["num_tokens"])
             metrics["peak_memory_gb"] = peak_memory_gb()
             tracking.log_metrics(metrics, step=state.global_step)
 
