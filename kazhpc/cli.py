@@ -18,13 +18,8 @@ from rich.console import Console
 from kazhpc.console import err, labelled, out, report_errors, setup_logging
 from kazhpc.errors import KazhpcError
 
-app = typer.Typer(
-    name="kazhpc",
-    help="Adapt open language models to Kazakh on SLURM clusters: run, validate, track.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = typer.Typer(name="kazhpc", help="Adapt open language models to Kazakh on SLURM clusters: run, validate, track.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 OverridesArg = typer.Argument(None, help="overrides, key.path=value", show_default=False)
 
 
@@ -231,7 +226,12 @@ def _run_job_command(job: str, config: Optional[Path], overrides: Optional[List[
     spec = job_type(job)
     setup_logging()
     with report_errors():
-        path, name = run_single(job, config, overrides or [], run_dir, shard, stage)
+        if config is not None and config.is_dir() and spec.appendable:  # kazhpc export RUN [export.key=value ...]
+            from kazhpc.runner import append_stage, run_pipeline
+            cfg, name = append_stage(config, job, overrides or [])
+            path = run_pipeline(cfg, run_dir=config, only=[name])
+        else:
+            path, name = run_single(job, config, overrides or [], run_dir, shard, stage)
     states = read_state(path).get("jobs", {})
     if shard is None and spec.table and (path / name / spec.table).is_file():
         sys.stdout.write((path / name / spec.table).read_text(encoding="utf-8"))  # unwrapped
@@ -246,7 +246,9 @@ def _run_job_command(job: str, config: Optional[Path], overrides: Optional[List[
 def _job_command(job: str, splits: bool):
     """The `kazhpc <job>` command: CONFIG [key=value ...] or --run-dir, --stage where several
     stages run this job type, plus --shard if it splits."""
-    config_arg = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)")
+    from kazhpc.registry import job_type
+    config_arg = typer.Argument(None, help="pipeline config YAML (omit with --run-dir)"
+                                + ("; or a finished run's directory: adds this stage to it" if job_type(job).appendable else ""))
     run_dir_opt = typer.Option(None, "--run-dir", help="join an existing run directory")
     stage_opt = typer.Option(None, "--stage", help=f"the {job} stage to run (default: the one {job} stage)")
     if splits:

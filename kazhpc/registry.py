@@ -53,6 +53,8 @@ class JobType:
     #: (jobs/tokenizers.py would hide the tokenizers library from every job script, and
     #: jobs/evaluate.py Hugging Face's evaluate).
     script_stem: str | None = None
+    #: ``kazhpc <job> RUN`` adds a stage of it to a finished run (its upstream: the run's latest stages).
+    appendable: bool = False
     #: A Markdown file in its folder that `kazhpc <job>` prints when the job ends.
     table: str | None = None
     #: A file in its folder whose path `kazhpc <job>` prints when the job ends.
@@ -94,6 +96,10 @@ JOB_TYPES: tuple[JobType, ...] = (
             "Evaluate the models on the Kazakh suite (or one shard of it); merge the shards exactly.",
             needs=("extend-vocab", "preprocess", "train"), splits=True, result="results.json", script_stem="evaluate_models",
             system_metrics=True),
+    JobType("export", "kazhpc.export.job",
+            "Merge a train stage's adapter into the unquantized base and save a deployable model (tokenizer, chat template, "
+            "generation config, model card; GGUF if asked); check it reloads and scores as the adapter; register it, push it.",
+            needs=("train", "evaluate"), appendable=True, table="export.md"),
 )
 
 

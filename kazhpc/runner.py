@@ -96,6 +96,43 @@ def open_run_dir(path: Path) -> PipelineConfig:
     return load_config(config)
 
 
+def append_stage(run_dir: Path, job: str, overrides: list[str]) -> tuple[PipelineConfig, str]:
+    """``kazhpc export RUN``: a finished run gains a stage of ``job`` (reading the run's latest
+    stages), its ``overrides`` (``<section>.key=value`` only: the earlier stages keep the run's
+    config) as the stage's ``with:``; config.yaml and the run's config hash are updated. A stage of
+    that type it has already, with no overrides, is run again instead."""
+    import yaml
+
+    cfg = open_run_dir(run_dir)
+    section = job.replace("-", "_")
+    if cfg.stages_of(job) and not overrides:
+        return cfg, cfg.stages_of(job)[-1].name
+    settings: dict[str, Any] = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.startswith(f"{section}.") or key == f"{section}.":
+            raise KazhpcError(f"{override}: with a run directory, give {section}.KEY=VALUE only (the earlier stages keep the run's config)")
+        *parents, last = key.removeprefix(f"{section}.").split(".")
+        node = settings
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    taken = set(cfg.stage_names)
+    name = next(n for n in (job, *(f"{job}-{i}" for i in range(2, 100))) if n not in taken)
+    data["stages"].append({"name": name, "job": job, **({"with": settings} if settings else {})})
+    candidate = run_dir / "config.next.yaml"
+    candidate.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    try:
+        cfg = load_config(candidate)
+    finally:
+        candidate.unlink()
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    _update_state(run_dir, lambda s: s.update(config_hash=cfg.config_hash()))
+    log.info("%s: added stage %s (%s) to the run's config.yaml", run_dir, name, job)
+    return cfg, name
+
+
 def read_state(run_dir: Path) -> dict[str, Any]:
     state = run_dir / "run.json"
     return read_json_file(state, "the run's state file") if state.is_file() else {}

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from kazhpc.console import out
 from kazhpc.errors import read_json_file
+from kazhpc.evaluation.results import score_rows
 
 if TYPE_CHECKING:
     from kazhpc.config import PipelineConfig
@@ -92,27 +93,19 @@ def _evaluate(m: dict[str, Any]) -> list[str]:
     return lines or [f"{len(scores)} models scored"]
 
 
-def score_rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
-    """(model, task, metric, score ± stderr, n, chance, baseline's score, paired difference) of
-    every model but the baseline, from an evaluate stage's manifest."""
-    scores, report = manifest.get("scores", {}), manifest.get("report") or {}
-    baseline, differences = report.get("baseline"), report.get("differences", {})
-    rows = []
-    for label, tasks in scores.items():
-        if label == baseline and len(scores) > 1:
-            continue
-        for task, s in tasks.items():
-            base = scores.get(baseline, {}).get(task, {}) if baseline and label != baseline else {}
-            diff = differences.get(f"{label}/{task}", {})
-            rows.append((label, task, s["metric"], f"{_f(s['score'])} ± {_f(s['stderr'])}", str(s["n"]), _f(s["chance"]),
-                         _f(base.get("score")), f"{_f(diff.get('diff'))} ± {_f(diff.get('stderr'))} {diff.get('verdict', '')}".strip()
-                         if diff else "-"))
-    return rows
+def _export(m: dict[str, Any]) -> list[str]:
+    c = m.get("check", {})
+    lines = [f"{m.get('export_dir')} ({m.get('dtype')}): reloaded {_f(c.get('export_bits_per_char'), 4)} bits/char, "
+             f"adapter {_f(c.get('reference_bits_per_char'), 4)}"]
+    if m.get("gguf"):
+        lines.append(f"GGUF {m['gguf'].get('outtype')}: {_f(c.get('gguf_bits_per_char'), 4)} bits/char")
+    return lines
 
 
 HEADLINES: dict[str, Headline] = {
     "prepare-model": _prepare_model, "tokenizers": _tokenizers, "extend-vocab": _extend_vocab,
     "preprocess": _preprocess, "corpus": _corpus, "train": _train, "evaluate": _evaluate,
+    "export": _export,
 }
 
 

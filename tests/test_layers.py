@@ -21,11 +21,12 @@ LAYERS: dict[str, int] = {
     "kazhpc.config": 1,
     # libraries: the work, taking the config sections they use
     "kazhpc.models": 2, "kazhpc.special_text": 2, "kazhpc.tracking": 2, "kazhpc.data": 2, "kazhpc.tokenization": 2, "kazhpc.train": 2,
-    "kazhpc.evaluation": 2,
+    "kazhpc.evaluation": 2, "kazhpc.export": 2,
     # job adapters: a job type's spec and its glue from a run directory to a library
     "kazhpc.jobspec": 3, "kazhpc.parts": 3, "kazhpc.prepare_model": 3, "kazhpc.preprocess": 3, "kazhpc.corpus_job": 3,
     "kazhpc.tokenization.job": 3, "kazhpc.tokenization.extend_job": 3, "kazhpc.evaluation.job": 3,
     "kazhpc.train.qlora": 3, "kazhpc.train.stage_inputs": 3, "kazhpc.train.cpt": 3, "kazhpc.train.job": 3,
+    "kazhpc.export.job": 3,
     # pipeline: run directories, the runner
     "kazhpc.runner": 4, "kazhpc.sweep": 4, "kazhpc.summary": 4,
     # launch: cluster profiles, the SLURM step plan, submit / render / status

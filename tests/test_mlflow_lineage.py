@@ -194,7 +194,8 @@ def test_cpt_then_sft_each_register_a_version_on_the_corpus_lineage(cpt_sft_run:
     assert any(context == "source" for _, context in _inputs(runs["corpus"]))
     assert "training" in {context for _, context in _inputs(runs["extend-vocab"])}  # the text the tokens are learnt from
     versions = {v.tags["stage"]: v for v in client.search_model_versions("name = 'kazhpc-kazakh-cpt-sft'")}
-    assert set(versions) == {"train-cpt", "train-sft"}
+    assert set(versions) == {"train-cpt", "train-sft", "export"}
+    assert versions["export"].tags["exported_from"] == "train-sft"
     assert versions["train-cpt"].tags["data.corpus/blocks"] == blocks
     assert versions["train-cpt"].tags["objective"] == "cpt" and versions["train-sft"].tags["objective"] == "sft"
     for stage in ("train-cpt", "train-sft"):

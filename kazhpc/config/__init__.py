@@ -18,12 +18,13 @@ the dotted key path, and for a misspelt key the closest valid one.
 The modules, lowest first (each imports only those before it): ``paths`` (the ``Strict`` base and
 path resolution), ``messages`` (origins, ``suggest``, the validation-error describer), one schema
 module per section (``model``, ``tracking``, ``preprocess``, ``tokenizers``, ``train``,
-``evaluate``), ``stages`` (named stages, what each reads), ``pipeline`` (the sections composed, the
+``evaluate``, ``export``), ``stages`` (named stages, what each reads), ``pipeline`` (the sections composed, the
 checks across stages) and
 ``loading`` (the YAML include/override engine and ``load_config``). Import from here.
 """
 
 from kazhpc.config.evaluate import EvalModelConfig, EvalTaskConfig, EvaluateConfig
+from kazhpc.config.export import ExportConfig
 from kazhpc.config.loading import FRAGMENT_DIRS, find_configs_root, load_config, load_yaml_file
 from kazhpc.config.messages import ConfigDoc, Origin, describe_validation_error, suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
@@ -63,6 +64,7 @@ __all__ = [
     "EvalModelConfig",
     "EvalTaskConfig",
     "EvaluateConfig",
+    "ExportConfig",
     "ExtendVocabConfig",
     "LanguageIdConfig",
     "LoraSettings",

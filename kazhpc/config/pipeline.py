@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_valid
 
 from kazhpc.config.corpus import TextCorpusConfig
 from kazhpc.config.evaluate import EvaluateConfig
+from kazhpc.config.export import ExportConfig
 from kazhpc.config.messages import suggest
 from kazhpc.config.model import ModelConfig, PrepareModelConfig
 from kazhpc.config.paths import NAME_PATTERN, Strict, absolute_path, deep_merge, repeated
@@ -49,6 +50,7 @@ class PipelineConfig(Strict):
     corpus: TextCorpusConfig = Field(default_factory=TextCorpusConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     #: Each stage's section (its type's top-level section with its ``with:`` keys), by stage name.
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
     #: Each stage's upstream: job type -> the earlier stage it reads, by stage name.
@@ -206,6 +208,10 @@ def check_stage(cfg: PipelineConfig, stage: StageConfig) -> None:
         if after:
             raise ValueError(f"stages: {after[0]} must come before {stage.name}")
         raise ValueError(f"stages: {stage.name} reads the preprocess job's output; list preprocess before it")
+    if stage.job == "export" and "train" not in upstream:
+        after = [s.name for s in later if s.job == "train"]
+        raise ValueError(f"stages: {after[0]} must come before {stage.name}" if after else
+                         f"stages: {stage.name} exports a train stage's model; list train before it")
     if stage.job == "evaluate":
         for m in section.models:
             if m.kind != "base" and m.adapter is None and "train" not in upstream:

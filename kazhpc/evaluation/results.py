@@ -109,3 +109,26 @@ def near_chance(entry: TaskScore) -> bool:
     if entry.chance is None or entry.stderr is None:
         return False
     return abs(entry.score - entry.chance) <= 2 * entry.stderr
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def score_rows(manifest: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(model, task, metric, score ± stderr, n, chance, baseline's score, paired difference) of
+    every model but the baseline, from an evaluate stage's manifest (the
+    summary's scores table, an export's model card)."""
+    scores, report = manifest.get("scores", {}), manifest.get("report") or {}
+    baseline, differences = report.get("baseline"), report.get("differences", {})
+    rows = []
+    for label, tasks in scores.items():
+        if label == baseline and len(scores) > 1:
+            continue
+        for task, s in tasks.items():
+            base = scores.get(baseline, {}).get(task, {}) if baseline and label != baseline else {}
+            diff = differences.get(f"{label}/{task}", {})
+            rows.append((label, task, s["metric"], f"{_fmt(s['score'])} ± {_fmt(s['stderr'])}", str(s["n"]), _fmt(s["chance"]),
+                         _fmt(base.get("score")), f"{_fmt(diff.get('diff'))} ± {_fmt(diff.get('stderr'))} {diff.get('verdict', '')}".strip()
+                         if diff else "-"))
+    return rows

@@ -70,12 +70,12 @@ class JobRun:
         if self.run_id:
             self.tracker._send("log_inputs", self.run_id, datasets=[dataset_input(record)])
 
-    def log_model(self, name: str, path: Path, tags: dict[str, str]) -> dict[str, str] | None:
-        """Log an MLflow model folder (lineage.save_adapter_model) as this run's model and register
-        it as a version of ``name``; return its {name, uid} (for tag_model), None on other ranks."""
+    def log_model(self, name: str, path: Path, tags: dict[str, str], model_type: str = "peft-adapter") -> dict[str, str] | None:
+        """Log an MLflow model folder (lineage.save_transformers_model) as this run's model and
+        register it as a version of ``name``; return its {name, uid} (for tag_model), None on other ranks."""
         if not self.active:
             return None
-        record = {"name": name, "uid": uuid.uuid4().hex, "stage": self.key.removeprefix("job:"),
+        record = {"name": name, "uid": uuid.uuid4().hex, "stage": self.key.removeprefix("job:"), "model_type": model_type,
                   "path": str(Path(path).absolute()), "tags": {k: str(v) for k, v in tags.items()}}
         self._record("model", model=record)
         if self.run_id:

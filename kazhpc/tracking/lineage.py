@@ -119,19 +119,37 @@ def stored_datasets(run: Any) -> set[tuple[str, str, str]]:
 
 
 # -- models ------------------------------------------------------------------------------------
-def save_adapter_model(model: Any, tokenizer: Any, base_dir: str, out_dir: Path) -> Path:
-    """An adapter as an MLflow transformers model in ``out_dir``: the PEFT weights, the tokenizer
-    and chat template, the base model referenced by its local folder (not copied, nothing fetched)."""
+def save_transformers_model(model: Any, tokenizer: Any, weights_dir: str, out_dir: Path) -> Path:
+    """A model as an MLflow transformers model in ``out_dir``: the tokenizer and chat template, the
+    weights referenced by their local folder (not copied, nothing fetched): ``weights_dir`` is the
+    base of a PEFT adapter (whose own weights MLflow saves) or the exported model itself."""
     import shutil
 
     import mlflow.transformers
 
     shutil.rmtree(out_dir, ignore_errors=True)
     mlflow.transformers.save_model(
-        {"model": model, "tokenizer": tokenizer}, str(out_dir), task="text-generation", base_model_path=base_dir,
+        {"model": model, "tokenizer": tokenizer}, str(out_dir), task="text-generation", base_model_path=weights_dir,
+        save_pretrained=False,
         # Named, not inferred: inference loads the model again in a subprocess.
         pip_requirements=["torch", "transformers", "peft", "accelerate"],
     )
+    return out_dir
+
+
+def save_merged_model(model: Any, tokenizer: Any, out_dir: Path, card: str) -> Path:
+    """A merged model (an export) as an MLflow transformers model in ``out_dir``, weights included:
+    MLflow references the weights by folder for adapters only, and its local-checkpoint path fails
+    on transformers 5 (task metadata as a string); ``export.register_model: false`` spares the copy.
+    ``card``: the export's model card (given, MLflow does not ask the hub for one)."""
+    import shutil
+
+    import mlflow.transformers
+    from huggingface_hub import ModelCard
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, str(out_dir), task="text-generation",
+                                   model_card=ModelCard(card), pip_requirements=["torch", "transformers", "accelerate"])
     return out_dir
 
 
@@ -158,7 +176,7 @@ def register_model(client: Any, experiment_id: str, run_id: str, record: dict[st
         sent = True
         if model is None:
             model = client.create_logged_model(experiment_id, name=record["stage"], source_run_id=run_id, tags=tags,
-                                               model_type="peft-adapter")
+                                               model_type=record.get("model_type", "peft-adapter"))
         client.log_model_artifacts(model.model_id, record["path"])
         client.finalize_logged_model(model.model_id, "READY")
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
@@ -166,7 +184,7 @@ def register_model(client: Any, experiment_id: str, run_id: str, record: dict[st
     if version is None:
         sent = True
         try:
-            client.create_registered_model(record["name"], description="kazhpc adapters of this pipeline")
+            client.create_registered_model(record["name"], description="kazhpc models of this pipeline: train stages' adapters, export stages' merged models")
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

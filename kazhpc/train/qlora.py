@@ -163,7 +163,7 @@ def register_adapter(ctx: JobContext, cfg: PipelineConfig, adapter_dir: Path, to
     from peft import PeftModel
 
     from kazhpc.models import local_checkpoint
-    from kazhpc.tracking.lineage import save_adapter_model
+    from kazhpc.tracking.lineage import save_transformers_model
 
     for record in datasets:
         ctx.tracking.log_dataset(record)
@@ -172,7 +172,7 @@ def register_adapter(ctx: JobContext, cfg: PipelineConfig, adapter_dir: Path, to
     if adapted is None:
         adapted = PeftModel.from_pretrained(load_for_scoring(cfg), str(adapter_dir))
     base_dir = local_checkpoint(cfg.model, cfg.cache_root)
-    folder = save_adapter_model(adapted, tokenizer, base_dir, ctx.job_dir / "mlflow-model")
+    folder = save_transformers_model(adapted, tokenizer, base_dir, ctx.job_dir / "mlflow-model")
     tags = {"base_model": cfg.model.source, "base_revision": cfg.model.revision or "", "pipeline": cfg.name,
             "stage": ctx.job_dir.name, "objective": cfg.train.objective, "config_hash": ctx.cfg.config_hash(),
             **{f"data.{r['name']}": r["digest"] for r in datasets}}

@@ -1,0 +1,1 @@
+"""Deployable models: the export stage (merge, card, GGUF, hub)."""
