@@ -43,6 +43,12 @@ def test_the_smoke_run_ends_with_a_summary_and_keeps_the_noise_in_job_logs(smoke
     # The trainer's raw log dicts are replaced by kazhpc's progress lines.
     assert "{'loss':" not in stdout + stderr
     assert "train: SFT steps: step 8/8, loss" in stderr
+    # lm-eval's request loops and the side-by-side generations as kazhpc's lines, not tqdm bars;
+    # MLflow's own stderr handler is off (its records are in job.log).
+    assert re.search(r"evaluate adapter: loglikelihood requests: (\d+)/\1 \(", stderr), stderr[-3000:]
+    assert "it/s]" not in stderr and "Running loglikelihood requests" not in stderr
+    assert re.search(r"generations: \d+ prompts, batches: (\d+)/\1", stderr)
+    assert "INFO mlflow" not in stderr and "Setting accelerator to CPU" not in stdout + stderr  # DeepSpeed's, in job.log
     # One row per stage with its state, then the headline figures from each manifest.
     manifests = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
     for stage in ("prepare-model", "tokenizers", "preprocess", "train", "evaluate"):
@@ -74,3 +80,23 @@ def test_headlines_of_the_corpus_and_cpt_stages(cpt_sft_run: dict) -> None:
     before, after = cpt["heldout"]["before"]["heldout_kk_bits_per_char"], cpt["heldout"]["after"]["heldout_kk_bits_per_char"]
     assert f"kk: {before:.3f} → {after:.3f} bits/char" in headline("train", cpt)
     assert "new tokens" in headline("extend-vocab", cpt_sft_run["manifests"]["extend-vocab"])
+
+
+def test_library_bars_and_unbounded_loops_log_a_few_lines_off_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    from kazhpc.console import LibraryBar, progress
+
+    caplog.set_level("INFO", logger="kazhpc")
+    bar = LibraryBar(total=8, desc="Running loglikelihood requests")
+    for _ in range(8):
+        bar.update(1)
+    bar.close()
+    assert list(LibraryBar(range(5), desc="Building contexts for kk_dastur_mc")) == list(range(5))  # silent, but iterates
+    assert list(LibraryBar(range(3), desc="Running generate_until requests", disable=True)) == [0, 1, 2]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"evaluate: loglikelihood requests: {n}/8" for n in (2, 4, 6, 8)]
+    caplog.clear()
+    assert sum(1 for _ in progress(iter(range(25)), None, "rows", every=10)) == 25
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["rows: 10", "rows: 20", "rows: 25"]
+    caplog.clear()
+    assert sum(1 for _ in progress(iter(range(7)), None, "rows", every=10)) == 7
+    assert not caplog.records  # a short loop says nothing

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kazhpc.console import progress
 from kazhpc.data.cleaning import FORMAT_BATCH, RecordCleaner, reject_row
 from kazhpc.data.records import Record, Reject
 from kazhpc.partfiles import check_part_count, finish_part, jsonl_writer, start_part
@@ -62,7 +63,8 @@ def run_part(
 
         for source_index, source in enumerate(pre.sources):
             min_words = source.answer_word_minimum(pre.cleaning.min_answer_words)
-            for item in iter_rows(source):  # checks the required columns before the first row
+            rows = progress(iter_rows(source), None, f"preprocess part {index}/{count}: {source.name} rows")
+            for item in rows:  # iter_rows checks the required columns before the first row
                 if item.index % count != index:
                     continue
                 read[source.name] += 1

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
+from kazhpc.console import progress
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.batches import padded_batch
 from kazhpc.models import check_single_bos
@@ -106,8 +107,9 @@ def greedy_generator(
         stop = _stop_ids(tokenizer)
         model.eval()
         answers: list[str] = []
+        starts = range(0, len(encoded), batch_size)
         with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
+            for start in progress(starts, len(starts), f"generations: {len(encoded)} prompts, batches"):
                 batch = encoded[start : start + batch_size]
                 input_ids, attention = padded_batch(batch, pad, left=True)
                 out = model.generate(

@@ -90,6 +90,20 @@ def distinct_bases(models: list[ModelUnderTest]) -> list[ModelConfig]:
     return list(found.values())
 
 
+def route_lm_eval_bars() -> None:
+    """lm-eval's request loops draw kazhpc's bar (kazhpc.console.LibraryBar: rich on a terminal,
+    log lines in a SLURM log), not three tqdm bars per task; its modules import ``tqdm`` by name."""
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.models.huggingface
+
+    from kazhpc.console import LibraryBar
+
+    for module in (lm_eval.api.model, lm_eval.api.task, lm_eval.models.huggingface):
+        if hasattr(module, "tqdm"):
+            module.tqdm = LibraryBar
+
+
 def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str = "reject") -> Any:
     """An lm-eval HFLM around a loaded model that checks every request: one leading <bos>, and no
     other control token. With ``special_tokens="neutralise"`` text that spells a special token is
@@ -97,6 +111,7 @@ def checked_lm(model: Any, tokenizer: Any, batch_size: int, special_tokens: str 
     so meeting one here is a bug (FormattingError)."""
     from lm_eval.models.huggingface import HFLM
 
+    route_lm_eval_bars()
     special = special_texts(tokenizer)
     neutralise = special_tokens == "neutralise"
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from kazhpc.console import LibraryBar
 from kazhpc.errors import KazhpcError
 from kazhpc.evaluation.aggregation import composite_entry, task_entry
 from kazhpc.evaluation.suite import Suite, check_documents, load_tasks, resolve
@@ -265,6 +266,7 @@ def run_part(
         else:
             model, tokenizer = load_for_eval(model_cfg, cache_root)
             lm = checked_lm(model, tokenizer, evaluate.batch_size, evaluate.special_tokens)
+        LibraryBar.prefix = f"evaluate {model_cfg.label}"  # lm-eval's request loops say whose requests they are
         for name, rows in evaluate_units(lm, tasks, units, skip=skip).items():
             write_jsonl(folder / "samples" / model_cfg.label / f"{name}.jsonl", rows)
         checked[model_cfg.label] = getattr(lm, "bos_checked", 0)
