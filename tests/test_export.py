@@ -7,6 +7,9 @@ extended vocabulary (its trained rows merged), two train stages, an evaluation t
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +73,53 @@ def test_export_card_has_lineage_training_and_evaluation(cpt_sft_run: dict) -> N
     assert f"{manifest['check']['export_bits_per_char']:.4f}" in card
 
 
+def _own_copy(smoke_run: dict, root: Path) -> Path:
+    """The session's smoke run as a run of a store of its own: its folders but the large ones, its
+    config's runs_root here, no tracking ids, so the export logs to a fresh MLflow store and the
+    session's run stays as the other tests read it."""
+    src = smoke_run["run_dir"]
+    dst = root / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "mlflow-model", "tracking", "samples", "parts"))
+    data = yaml.safe_load((dst / "config.yaml").read_text(encoding="utf-8"))
+    data["runs_root"] = str(root)
+    (dst / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    state = json.loads((dst / "run.json").read_text())
+    state["config_hash"] = load_config(dst / "config.yaml").config_hash()
+    (dst / "run.json").write_text(json.dumps(state))
+    return dst
+
+
+def test_kazhpc_export_run_writes_a_gguf_file_that_scores_as_the_export(smoke_run: dict, tmp_path: Path) -> None:
+    """`kazhpc export RUN export.gguf=bf16` on a finished smoke run (the bundled model's own
+    vocabulary: GGUF can carry it): the folder, the GGUF file, both scored in a fresh process, a
+    registered version in MLflow."""
+    import gguf
+    from mlflow import MlflowClient
+
+    run_dir = _own_copy(smoke_run, tmp_path / "runs")
+    done = subprocess.run([str(Path(sys.executable).parent / "kazhpc"), "export", str(run_dir), "export.gguf=bf16"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "job export: completed in" in done.stderr and "export: COMPLETED" in done.stdout
+    assert "exported model:" in done.stdout  # export.md, the job's table
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    check, file = manifest["check"], run_dir / "export" / manifest["gguf"]["path"]
+    assert file.is_file() and file.name == "smoke-train.bf16.gguf"
+    assert abs(check["gguf_bits_per_char"] - check["export_bits_per_char"]) <= 0.05
+    reader = gguf.GGUFReader(str(file))
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "gemma3"
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == manifest["gguf"]["vocab_size"] == 262144
+    card = (Path(manifest["export_dir"]) / "README.md").read_text(encoding="utf-8")
+    assert "llama-cli -m smoke-train.bf16.gguf" in card and "| kk_dastur_mc |" in card.replace("adapter | ", "")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (version,) = client.search_model_versions("name = 'kazhpc-smoke'")
+    assert version.tags["stage"] == "export" and version.tags["exported_from"] == "train"
+    assert version.tags["check.bits_per_char"] == f"{check['export_bits_per_char']:.4f}"
+    assert "evaluated.adapter.kk_dastur_mc" in version.tags
+    assert version.tags["kazhpc.model_uid"] == manifest["mlflow_model"]["uid"]
+
+
 def test_kazhpc_export_adds_a_stage_to_a_finished_run(tmp_path: Path) -> None:
     from kazhpc.runner import append_stage, new_run_dir, open_run_dir, read_state
 
@@ -91,8 +141,13 @@ def test_kazhpc_export_adds_a_stage_to_a_finished_run(tmp_path: Path) -> None:
 
 
 def test_export_needs_a_train_stage_and_checks_its_settings() -> None:
+    from kazhpc.export import job
+
     with pytest.raises(KazhpcError, match="stages: export exports a train stage's model; list train before it"):
         load_config(SMOKE, ["jobs=[preprocess,export]"])
+    extended = load_config(SMOKE, ["jobs=[extend-vocab,preprocess,train,export]", "export.gguf=q8_0"])
+    with pytest.raises(KazhpcError, match="export.gguf: q8_0: a GGUF file carries no BPE merges"):
+        job.preflight(extended)
     with pytest.raises(KazhpcError, match="'kazakh': a hub repository is 'owner/name'"):
         load_config(SMOKE, ["jobs=[preprocess,train,export]", "export.push_to_hub=kazakh"])
 

@@ -50,13 +50,19 @@ def check_folder(folder: Path, texts: list[str], max_length: int) -> dict[str, A
             "score": _score(model, tokenizer, texts, max_length), "answer": _answer(model, tokenizer)}
 
 
-def check_gguf(file: Path, texts: list[str], max_length: int) -> dict[str, Any]:
+def check_gguf(file: Path, folder: Path, texts: list[str], max_length: int) -> dict[str, Any]:
+    """The GGUF file's weights and tokenizer, read by transformers' own GGUF reader, with the
+    folder's model config: that reader drops what llama.cpp reads from the file (RoPE scaling,
+    final soft-capping: kazhpc.export.gguf), which would make a correct file of Gemma-3 4B and
+    larger score otherwise."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32).eval()
-    return {"score": _score(model, tokenizer, texts, max_length)}
+    config = AutoConfig.from_pretrained(str(folder))  # dequantized into the export's dtype
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, config=config,
+                                                 dtype=getattr(config, "dtype", None) or torch.float32).eval()
+    return {"score": _score(model, tokenizer, texts, max_length), "vocab_size": len(tokenizer)}
 
 
 def run_check(folder: Path, gguf: Path | None, texts: list[str], max_length: int, work: Path) -> dict[str, Any]:
@@ -80,7 +86,7 @@ def main(argv: list[str]) -> int:
     texts, max_length = request["texts"], request["max_length"]
     result = {"folder": check_folder(Path(request["folder"]), texts, max_length)}
     if request.get("gguf"):
-        result["gguf"] = check_gguf(Path(request["gguf"]), texts, max_length)
+        result["gguf"] = check_gguf(Path(request["gguf"]), Path(request["folder"]), texts, max_length)
     Path(argv[1]).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     return 0
 

@@ -29,6 +29,9 @@ def preflight(cfg: PipelineConfig) -> list[str]:
     from kazhpc.export.hub import offline_reason
 
     read_passages(cfg.export.check_texts, "export.check_texts")
+    if cfg.export.gguf != "none" and cfg.stages_of("extend-vocab"):
+        raise KazhpcError(f"export.gguf: {cfg.export.gguf}: a GGUF file carries no BPE merges (llama.cpp rebuilds them from the token "
+                          "order), so an extended vocabulary would tokenize otherwise there; set export.gguf: none where the pipeline extends it")
     if cfg.export.push_to_hub and offline_reason():
         raise KazhpcError(f"export.push_to_hub: {cfg.export.push_to_hub}: {offline_reason()}")
     return []
@@ -128,22 +131,25 @@ def run(ctx: JobContext) -> dict[str, Any]:
     for record in datasets:
         ctx.tracking.log_dataset(record)
 
+    base_dir = local_checkpoint(trained.base, cfg.cache_root)
+    if ex.gguf != "none":  # before any model loads: the base's architecture and tokenizer decide
+        from kazhpc.export.gguf import unsupported_reason
+
+        reason = unsupported_reason(Path(base_dir))
+        if reason:
+            raise KazhpcError(f"export.gguf: {ex.gguf}: {reason}")
     out = ctx.job_dir / "model"
     shutil.rmtree(out, ignore_errors=True)  # never a folder mixing this export with an earlier one
     tokenizer = _tokenizer(cfg, trained)
     model = load_unmerged(trained, ex.dtype, cfg.cache_root)
     reference = score_texts(model, tokenizer, texts, max_length=ex.check_max_length).to_dict()
     model = merge(model)
-    base_dir = local_checkpoint(trained.base, cfg.cache_root)
     files = save_model(model, tokenizer, base_dir, out)
 
     gguf = None
     if ex.gguf != "none":
-        from kazhpc.export.gguf import unsupported_reason, write_gguf
+        from kazhpc.export.gguf import write_gguf
 
-        reason = unsupported_reason(out)
-        if reason:
-            raise KazhpcError(f"export.gguf: {ex.gguf}: {reason}")
         gguf = write_gguf(out, ctx.job_dir / f"{cfg.name}-{train_dir.name}.{ex.gguf}.gguf", ex.gguf)
         gguf["path"] = str(gguf["path"]).removeprefix(str(ctx.job_dir) + "/")
     check = _checked(ctx, out, gguf, texts, reference)
