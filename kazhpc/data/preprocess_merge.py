@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kazhpc.data.cleaning import reject_row
+from kazhpc.fingerprint import file_digest
 from kazhpc.partfiles import check_parts_done, part_dir, read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
@@ -46,14 +47,6 @@ def _read_parts(out_dir: Path, count: int) -> tuple[list[dict], list[dict], list
         rejects += read_jsonl(folder / "rejects.jsonl")
         stats.append(json.loads((folder / "stats.json").read_text()))
     return candidates, rejects, stats
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _length_stats(lengths: list[int]) -> dict[str, float]:
@@ -222,7 +215,7 @@ def _manifest(
     for source in pre.sources:
         entry: dict[str, Any] = {"source": source.name, "kind": source.kind}
         if source.path is not None:
-            entry.update(path=str(Path(source.path).absolute()), sha256=_sha256_file(Path(source.path)))
+            entry.update(path=str(Path(source.path).absolute()), sha256=file_digest(Path(source.path)))
         else:
             entry.update(hub=source.hub, config=source.hub_config, split=source.split)
         inputs.append(entry)
@@ -246,8 +239,8 @@ def _manifest(
             "mixed_kk_ru_share": round(mixed / len(kept), 4) if kept else 0.0,
         },
         "tokens": {split: _length_stats([r["num_tokens"] for r in rows]) for split, rows in splits.items()},
-        "outputs": [{"path": p.name, "sha256": _sha256_file(p)} for p in outputs],
-        "rejects": {"path": "rejects.jsonl", "sha256": _sha256_file(out_dir / "rejects.jsonl")},
+        "outputs": [{"path": p.name, "sha256": file_digest(p)} for p in outputs],
+        "rejects": {"path": "rejects.jsonl", "sha256": file_digest(out_dir / "rejects.jsonl")},
         "warnings": warnings,
     }
     return manifest

@@ -27,7 +27,6 @@ model never sits in memory whole.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kazhpc.errors import KazhpcError
+from kazhpc.fingerprint import file_digest
 
 __all__ = ["GGUF_TYPES", "unsupported_reason", "write_gguf"]
 
@@ -126,7 +126,7 @@ def write_gguf(model_dir: Path, out_file: Path, outtype: str = "bf16") -> dict[s
         raise
     return {
         "path": str(out_file), "outtype": outtype, "tensors": len(layout), "bytes": out_file.stat().st_size,
-        "vocab_size": len(plan.vocab.tokens), "sha256": _sha256(out_file),
+        "vocab_size": len(plan.vocab.tokens), "sha256": file_digest(out_file),
     }
 
 
@@ -435,11 +435,3 @@ def _add_metadata(writer: Any, model_dir: Path, plan: _Plan, file_type: Any, nam
 
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(file_type)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

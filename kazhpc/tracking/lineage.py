@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from kazhpc.fingerprint import file_digest as fingerprint_digest
+
 #: Tag that names a model in the journal; the store's logged model and model version carry it.
 MODEL_ID_TAG = "kazhpc.model_uid"
 CONTEXTS = ("source", "training", "validation", "evaluation", "output")
@@ -31,11 +33,7 @@ def file_digest(path: Path) -> str:
     if path.is_dir():
         inner = "".join(f"{f.relative_to(path)}:{file_digest(f)}" for f in sorted(path.rglob("*")) if f.is_file())
         return hashlib.sha256(inner.encode()).hexdigest()[:16]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return fingerprint_digest(path)[:16]
 
 
 def _record(dataset: Any, context: str, rows: int | None) -> dict[str, Any]:
