@@ -107,24 +107,18 @@ def append_stage(run_dir: Path, job: str, overrides: list[str]) -> tuple[Pipelin
     section = job.replace("-", "_")
     if cfg.stages_of(job) and not overrides:
         return cfg, cfg.stages_of(job)[-1].name
-    settings: dict[str, Any] = {}
     for override in overrides:
-        key, sep, value = override.partition("=")
+        key, sep, _ = override.partition("=")
         if not sep or not key.startswith(f"{section}.") or key == f"{section}.":
             raise KazhpcError(f"{override}: with a run directory, give {section}.KEY=VALUE only (the earlier stages keep the run's config)")
-        *parents, last = key.removeprefix(f"{section}.").split(".")
-        node = settings
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
     data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     taken = set(cfg.stage_names)
     name = next(n for n in (job, *(f"{job}-{i}" for i in range(2, 100))) if n not in taken)
-    data["stages"].append({"name": name, "job": job, **({"with": settings} if settings else {})})
+    data["stages"].append({"name": name, "job": job, "with": {}})
     candidate = run_dir / "config.next.yaml"
     candidate.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    try:
-        cfg = load_config(candidate)
+    try:  # the overrides as the new stage's with: keys, parsed and checked by the config loader
+        cfg = load_config(candidate, [f"stages.{name}.with.{o.removeprefix(section + '.')}" for o in overrides])
     finally:
         candidate.unlink()
     (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
